@@ -1,0 +1,1 @@
+"""I/O shell: MQTT transport, embedded broker, resource probe."""

@@ -1,0 +1,57 @@
+"""The embedded broker: amqtt started in-process on a loopback port (MQTT 3.1.1).
+
+For one-machine federations and tests. Real deployments use Mosquitto or a clustered broker; see
+``nodes/mosquitto.conf``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Any
+
+from koala_async.errors import TransportError
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on ``host``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedBroker:
+    """``async with EmbeddedBroker() as broker: broker.url``."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.quiet = quiet
+        self._broker: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> EmbeddedBroker:
+        from amqtt.broker import Broker  # imported late: only the broker role needs it
+
+        if self.quiet:
+            for name in ("amqtt", "transitions"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+        config = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}",
+                                      "max_connections": -1}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        self._broker = Broker(config)
+        try:
+            await self._broker.start()
+        except Exception as exc:
+            raise TransportError(f"embedded broker could not listen on {self.host}:{self.port}: {exc}") from exc
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._broker is not None:
+            await self._broker.shutdown()
+            self._broker = None

@@ -1,0 +1,225 @@
+"""MQTT transport: one aiomqtt connection kept alive with jittered backoff, as an async context manager.
+
+``Transport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
+on every (re)connect (so a node can republish retained state a restarted broker lost), hands incoming
+messages to a bounded queue (a full queue applies backpressure rather than dropping), and retries
+QoS 1 publishes until the broker acknowledges them. aiomqtt/paho errors become
+:class:`~koala_async.errors.TransportError` here and never leak further.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+import aiomqtt
+
+from koala_async.core.backoff import Backoff
+from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    """Where and how to reach a broker: ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://``."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+
+    @classmethod
+    def parse(cls, url: str, **extra: object) -> BrokerAddress:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise ConfigError(f"broker URL {url!r}: bad port") from None
+        return cls(host=parts.hostname or "127.0.0.1", port=port,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None,
+                   tls=tls, **extra)  # type: ignore[arg-type]
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file:
+            ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass
+class TransportStats:
+    connects: int = 0
+    disconnects: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    messages_in: int = 0
+    messages_out: int = 0
+    publish_retries: int = 0
+    queue_high_water: int = 0
+    last_error: str = ""
+    by_topic_out: dict[str, int] = field(default_factory=dict)
+
+
+class Transport:
+    """A resilient MQTT connection. Use ``async with Transport(...) as t:``."""
+
+    def __init__(self, address: BrokerAddress, client_id: str, *, will: Will | None = None,
+                 subscriptions: tuple[tuple[str, int], ...] = (),
+                 on_connect: Callable[[Transport], Awaitable[None]] | None = None,
+                 clean_session: bool = True, keepalive: int = 30, queue_size: int = 10_000,
+                 backoff: Backoff = Backoff(), seed: int | None = None) -> None:
+        self.address = address
+        self.client_id = client_id
+        self.will = will
+        self.subscriptions = subscriptions
+        self.on_connect = on_connect
+        self.clean_session = clean_session
+        self.keepalive = keepalive
+        self.backoff = backoff
+        self.stats = TransportStats()
+        self.connected = asyncio.Event()
+        self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
+        self._client: aiomqtt.Client | None = None
+        self._rng = random.Random(seed)
+        self._tasks: asyncio.TaskGroup | None = None
+        self._runner: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Transport:
+        self._tasks = asyncio.TaskGroup()
+        await self._tasks.__aenter__()
+        self._runner = self._tasks.create_task(self._run(), name=f"mqtt-{self.client_id}")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+        assert self._tasks is not None
+        await self._tasks.__aexit__(None, None, None)
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    for topic, qos in self.subscriptions:
+                        await client.subscribe(topic, qos=qos)
+                    self.stats.connects += 1
+                    attempt = 0
+                    log.info("%s connected to %s", self.client_id, self.address)
+                    self.connected.set()
+                    if self.on_connect is not None:
+                        await self.on_connect(self)
+                    async for message in client.messages:
+                        payload = message.payload
+                        if not isinstance(payload, (bytes, bytearray)):
+                            payload = str(payload).encode()
+                        self.stats.messages_in += 1
+                        self.stats.bytes_in += len(payload)
+                        await self._queue.put(Incoming(message.topic.value, bytes(payload), message.retain))
+                        self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
+                    raise aiomqtt.MqttError("message stream ended")
+            except aiomqtt.MqttError as exc:
+                was_connected = self.connected.is_set()
+                self.connected.clear()
+                self._client = None
+                self.stats.last_error = str(exc)
+                delay = self.backoff.delay(attempt, self._rng)
+                attempt += 1
+                if was_connected:
+                    self.stats.disconnects += 1
+                    log.warning("%s lost the broker at %s (%s); reconnecting in %.1fs",
+                                self.client_id, self.address, exc, delay)
+                else:
+                    err = BrokerUnavailable(str(self.address), str(exc))
+                    log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
+                await asyncio.sleep(delay)
+
+    def _make_client(self) -> aiomqtt.Client:
+        a = self.address
+        will = None
+        if self.will is not None:
+            will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+        return aiomqtt.Client(
+            a.host, a.port, username=a.username, password=a.password, identifier=self.client_id,
+            will=will, clean_session=self.clean_session, keepalive=self.keepalive,
+            tls_context=a.tls_context(), timeout=10)
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                      timeout: float | None = None) -> None:
+        """Publish, waiting for a connection and retrying until the broker acknowledges (QoS >= 1).
+
+        With ``timeout`` a publish that cannot complete in time raises ``TransportError``.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    await self.connected.wait()
+                    client = self._client
+                    if client is None:
+                        await asyncio.sleep(0.05)
+                        continue
+                    try:
+                        await client.publish(topic, payload, qos=qos, retain=retain)
+                    except aiomqtt.MqttError as exc:
+                        self.stats.publish_retries += 1
+                        self.stats.last_error = str(exc)
+                        if qos == 0:
+                            return
+                        await asyncio.sleep(0.1 + self._rng.random() * 0.2)
+                        continue
+                    self.stats.messages_out += 1
+                    self.stats.bytes_out += len(payload)
+                    return
+        except TimeoutError:
+            raise TransportError(f"publish to {topic} on {self.address} timed out after {timeout}s") from None
+
+    async def messages(self) -> AsyncIterator[Incoming]:
+        """Incoming messages in arrival order (across reconnects)."""
+        while True:
+            yield await self._queue.get()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self.connected.wait()
+        except TimeoutError:
+            raise BrokerUnavailable(str(self.address), self.stats.last_error or "timed out") from None

@@ -1,0 +1,1 @@
+"""Learning: model catalog, datasets and partitions, distillation and training (torch)."""

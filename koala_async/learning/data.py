@@ -1,0 +1,230 @@
+"""Datasets, the private/proxy/test split, and non-IID partitions.
+
+Everything is offline: scikit-learn's bundled digits, ``.npz`` files users bring (``x`` and, for
+labelled data, ``y``), MNIST's IDX files and CIFAR-10's python batches read from disk. Nothing is ever
+downloaded.
+
+A federation derives its splits deterministically from ``(dataset, seed)``: a held-out *test* split
+that no client and no proxy sample touches, a *proxy* split whose labels nobody uses, and a *private*
+pool that is partitioned among clients with a Dirichlet over labels (smaller alpha = more skew).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from koala_async.errors import DataError
+from koala_async.learning.models import InputSpec
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x: np.ndarray  # (N, *shape) float32
+    y: np.ndarray  # (N,) int64; empty for unlabeled data
+    spec: InputSpec
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, idx: np.ndarray) -> Dataset:
+        return Dataset(self.x[idx], self.y[idx] if len(self.y) else self.y, self.spec)
+
+
+@dataclass(frozen=True)
+class Splits:
+    private: Dataset
+    proxy: Dataset  # labels kept only so tests can check that nobody uses them
+    test: Dataset
+
+
+def proxy_id(x: np.ndarray) -> str:
+    """Content hash naming a proxy set, so nodes can tell they hold the same one."""
+    h = hashlib.sha256()
+    h.update(str((x.dtype.str, x.shape)).encode())
+    h.update(np.ascontiguousarray(x).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _spec_for(x: np.ndarray, num_classes: int) -> InputSpec:
+    if x.ndim == 4:
+        return InputSpec("image", tuple(int(d) for d in x.shape[1:]), num_classes)
+    if x.ndim == 2:
+        return InputSpec("vector", (int(x.shape[1]),), num_classes)
+    raise DataError(f"inputs must be (N, D) vectors or (N, C, H, W) images, got shape {x.shape}")
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), scaled to [0, 1]."""
+    from sklearn.datasets import load_digits as _load
+
+    bunch = _load()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # (N, 1, 8, 8)
+    y = bunch.target.astype(np.int64)
+    return Dataset(x, y, InputSpec("image", (1, 8, 8), 10))
+
+
+def load_npz(path: str | Path, num_classes: int | None = None, labeled: bool = True) -> Dataset:
+    """An ``.npz`` with ``x`` (N, D) or (N, C, H, W) and, when labeled, ``y`` (N,) integers."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data:
+                raise DataError(f"{path}: no array named 'x' (found {sorted(data.files)})")
+            x = np.asarray(data["x"], dtype=np.float32)
+            y = np.asarray(data["y"]) if "y" in data else np.zeros(0, dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as .npz: {exc}") from None
+    if x.ndim == 3:  # (N, H, W) grayscale images
+        x = x[:, None]
+    if labeled:
+        if len(y) != len(x):
+            raise DataError(f"{path}: 'y' has {len(y)} labels for {len(x)} inputs")
+        if y.dtype.kind not in "iu" or (len(y) and y.min() < 0):
+            raise DataError(f"{path}: 'y' must hold non-negative integer class ids")
+        y = y.astype(np.int64)
+    if not np.isfinite(x).all():
+        raise DataError(f"{path}: 'x' holds NaN or inf")
+    classes = num_classes or (int(y.max()) + 1 if len(y) else 0)
+    if len(y) and y.max() >= classes:
+        raise DataError(f"{path}: label {int(y.max())} >= num_classes {classes}")
+    return Dataset(x, y, _spec_for(x, classes))
+
+
+def _open_maybe_gz(path: Path) -> bytes:
+    raw = path.read_bytes()
+    return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read one IDX file (MNIST's format), gzipped or not."""
+    path = Path(path)
+    raw = _open_maybe_gz(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: not an IDX file (bad magic)")
+    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
+    if dtype is None:
+        raise DataError(f"{path}: unknown IDX type code {raw[2]:#x}")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims}, file holds {data.size} values")
+    return data.reshape(dims)
+
+
+def load_mnist(directory: str | Path, train: bool = True) -> Dataset:
+    """MNIST (or Fashion-MNIST) from its IDX files in ``directory``."""
+    directory = Path(directory)
+    stem = "train" if train else "t10k"
+    files = {}
+    for part in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        for name in (f"{stem}-{part}", f"{stem}-{part}.gz"):
+            if (directory / name).exists():
+                files[part] = directory / name
+                break
+        else:
+            raise DataError(f"{directory}: missing {stem}-{part}[.gz]")
+    images = read_idx(files["images-idx3-ubyte"]).astype(np.float32) / 255.0
+    labels = read_idx(files["labels-idx1-ubyte"]).astype(np.int64)
+    if len(images) != len(labels):
+        raise DataError(f"{directory}: {len(images)} images but {len(labels)} labels")
+    return Dataset(images[:, None], labels, InputSpec("image", (1, *images.shape[1:]), 10))
+
+
+def load_cifar10(directory: str | Path, train: bool = True) -> Dataset:
+    """CIFAR-10 from its python batches (``data_batch_1..5`` or ``test_batch``) in ``directory``."""
+    directory = Path(directory)
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    xs, ys = [], []
+    for name in names:
+        path = directory / name
+        if not path.exists():
+            raise DataError(f"{directory}: missing CIFAR-10 batch {name}")
+        with path.open("rb") as fh:
+            batch = pickle.load(fh, encoding="bytes")  # noqa: S301 - the user's own local files
+        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return Dataset(np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys),
+                   InputSpec("image", (3, 32, 32), 10))
+
+
+def load_dataset(name: str) -> Dataset:
+    """``digits``, ``npz:PATH``, ``mnist:DIR`` or ``cifar10:DIR``."""
+    if name == "digits":
+        return load_digits()
+    kind, _, arg = name.partition(":")
+    if kind == "npz" and arg:
+        return load_npz(arg)
+    if kind == "mnist" and arg:
+        return load_mnist(arg)
+    if kind == "cifar10" and arg:
+        return load_cifar10(arg)
+    raise DataError(f"unknown dataset {name!r}: use digits, npz:PATH, mnist:DIR or cifar10:DIR")
+
+
+def split(data: Dataset, seed: int, test_fraction: float = 0.2, proxy_fraction: float = 0.25) -> Splits:
+    """Stratified three-way split: private pool, proxy, held-out test (disjoint by construction)."""
+    if not (0 < test_fraction < 1 and 0 < proxy_fraction < 1 and test_fraction + proxy_fraction < 1):
+        raise ValueError("test_fraction and proxy_fraction must be in (0, 1) and sum below 1")
+    rng = np.random.default_rng(seed)
+    test_idx, proxy_idx, private_idx = [], [], []
+    for label in np.unique(data.y):
+        idx = rng.permutation(np.flatnonzero(data.y == label))
+        n_test = int(round(len(idx) * test_fraction))
+        n_proxy = int(round(len(idx) * proxy_fraction))
+        test_idx.append(idx[:n_test])
+        proxy_idx.append(idx[n_test:n_test + n_proxy])
+        private_idx.append(idx[n_test + n_proxy:])
+    pick = [np.sort(np.concatenate(p)) for p in (private_idx, proxy_idx, test_idx)]
+    return Splits(*(data.subset(p) for p in pick))
+
+
+def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float, seed: int,
+                        min_size: int = 10) -> list[np.ndarray]:
+    """Split indices among clients with per-class proportions drawn from Dirichlet(alpha).
+
+    Redraws (with the next seed) until every client has at least ``min_size`` samples, the usual
+    recipe from the non-IID FL literature (Hsu et al. 2019).
+    """
+    if n_clients < 1 or alpha <= 0:
+        raise ValueError("n_clients must be >= 1 and alpha > 0")
+    if len(labels) < n_clients * min_size:
+        raise ValueError(f"{len(labels)} samples cannot give {n_clients} clients {min_size} each")
+    classes = np.unique(labels)
+    for attempt in range(1000):
+        rng = np.random.default_rng(seed + attempt)
+        shards: list[list[int]] = [[] for _ in range(n_clients)]
+        for label in classes:
+            idx = rng.permutation(np.flatnonzero(labels == label))
+            props = rng.dirichlet(np.full(n_clients, alpha))
+            cuts = (np.cumsum(props) * len(idx)).astype(int)[:-1]
+            for shard, part in zip(shards, np.split(idx, cuts)):
+                shard.extend(part.tolist())
+        if min(len(s) for s in shards) >= min_size:
+            return [np.sort(np.asarray(s, dtype=np.int64)) for s in shards]
+    raise ValueError(f"no Dirichlet({alpha}) draw gave every client {min_size} samples")
+
+
+@dataclass(frozen=True)
+class FederatedData:
+    """What a federation derives from a dataset name and seed; every node computes the same."""
+
+    splits: Splits
+    shards: list[np.ndarray]  # indices into splits.private, one per client slot
+
+    def client(self, index: int) -> Dataset:
+        return self.splits.private.subset(self.shards[index])
+
+
+def federate(dataset: str, seed: int, n_clients: int, alpha: float, test_fraction: float = 0.2,
+             proxy_fraction: float = 0.25) -> FederatedData:
+    splits = split(load_dataset(dataset), seed, test_fraction, proxy_fraction)
+    shards = dirichlet_partition(splits.private.y, n_clients, alpha, seed)
+    return FederatedData(splits, shards)

@@ -1,0 +1,125 @@
+"""Training and distillation loops, both directions of KOALA.
+
+- Forward (client): cross-entropy on private data plus ``kd_weight * T^2 * KL(teacher || student)`` on
+  proxy inputs against the server's knowledge (Hinton et al.'s distillation loss; T about 3).
+- Reverse (server): the large model is trained on proxy inputs against the fused client targets with
+  the same tempered KL, only on proxy samples that have a target.
+
+These functions block; nodes call them through ``asyncio.to_thread``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Tempered KL(teacher || student), scaled by T^2 so gradients keep their size across T."""
+    log_p = F.log_softmax(student_logits / temperature, dim=1)
+    return F.kl_div(log_p, teacher_probs, reduction="batchmean") * temperature**2
+
+
+def _tensor(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    model.eval()
+    out = [model(_tensor(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float((predict_logits(model, x).argmax(axis=1) == y).mean())
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 3e-3
+    temperature: float = 3.0
+    kd_weight: float = 1.0
+
+
+class LocalTrainer:
+    """A client's small model and optimizer, trained a few epochs at a time."""
+
+    def __init__(self, model: nn.Module, config: TrainConfig, seed: int = 0) -> None:
+        self.model = model
+        self.config = config
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epochs_done = 0
+
+    def train(self, x: np.ndarray, y: np.ndarray, proxy_x: np.ndarray | None = None,
+              teacher_logits: np.ndarray | None = None, epochs: int | None = None) -> float:
+        """Train on private ``(x, y)``, distilling ``teacher_logits`` on ``proxy_x`` when given.
+
+        Returns the mean loss of the last epoch.
+        """
+        cfg = self.config
+        xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
+        use_kd = proxy_x is not None and teacher_logits is not None and cfg.kd_weight > 0
+        if use_kd:
+            px = _tensor(proxy_x)
+            teacher = F.softmax(_tensor(teacher_logits) / cfg.temperature, dim=1)
+        self.model.train()
+        last = 0.0
+        for _ in range(epochs or cfg.epochs):
+            order = torch.randperm(len(xt), generator=self.generator)
+            total, batches = 0.0, 0
+            for start in range(0, len(xt), cfg.batch_size):
+                idx = order[start:start + cfg.batch_size]
+                loss = F.cross_entropy(self.model(xt[idx]), yt[idx])
+                if use_kd:
+                    pidx = torch.randint(len(px), (max(len(idx), cfg.batch_size),), generator=self.generator)
+                    loss = loss + cfg.kd_weight * kd_loss(self.model(px[pidx]), teacher[pidx], cfg.temperature)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizer.step()
+                total += float(loss.detach())
+                batches += 1
+            last = total / max(batches, 1)
+            self.epochs_done += 1
+        return last
+
+
+class Distiller:
+    """The server's large model, distilled on proxy inputs against fused soft targets."""
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, temperature: float = 3.0,
+                 batch_size: int = 64, seed: int = 0) -> None:
+        self.model = model
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.steps_done = 0
+
+    def distill(self, proxy_x: np.ndarray, targets: np.ndarray, mask: np.ndarray, steps: int) -> float:
+        """``steps`` minibatch steps of tempered KL on the masked proxy samples; returns mean loss."""
+        idx_all = torch.from_numpy(np.flatnonzero(mask))
+        if len(idx_all) == 0 or steps <= 0:
+            return float("nan")
+        px, tgt = _tensor(proxy_x), _tensor(targets)
+        self.model.train()
+        total = 0.0
+        for _ in range(steps):
+            pick = idx_all[torch.randint(len(idx_all), (min(self.batch_size, len(idx_all)),),
+                                         generator=self.generator)]
+            loss = kd_loss(self.model(px[pick]), tgt[pick], self.temperature)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            total += float(loss.detach())
+            self.steps_done += 1
+        return total / steps

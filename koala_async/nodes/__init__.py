@@ -1,0 +1,1 @@
+"""Nodes: async lifecycles wiring the core, learning and I/O layers."""

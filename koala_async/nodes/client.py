@@ -1,0 +1,243 @@
+"""The client node: trains its small model on private data when ready, distilling the server's latest
+knowledge, and publishes float16 logits on proxy samples. It never sends data, and never waits for
+other clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from koala_async.core.envelope import Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.topics import Topics, check_id
+from koala_async.errors import MessageError
+from koala_async.io.transport import BrokerAddress, Transport, Will
+from koala_async.nodes.common import RejectCounter, SeqCounter, limit_threads, status_payload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-3
+    kd_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything a client node needs; loadable from the ``[client]`` table of a TOML file."""
+
+    node_id: str = "client-0"
+    broker: str = "mqtt://127.0.0.1:1883"
+    federation: str = "default"
+    # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
+    # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test).
+    data_path: str | None = None
+    dataset: str = "digits"
+    seed: int = 0
+    shard: int = 0
+    num_shards: int = 1
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    proxy_fraction: float = 0.25
+    tier: str | None = None  # architecture name; None = the kind's "small" tier
+    train: TrainSettings = field(default_factory=TrainSettings)
+    max_updates: int = 0  # 0 = keep contributing until stopped
+    interval: float = 1.0  # seconds between trainings (with +-50% jitter)
+    proxy_subset: float = 1.0  # share of proxy samples to publish logits for per update
+    send_label_counts: bool = True
+    slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
+    threads: int = 1
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    max_payload_bytes: int = 64 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        check_id(self.node_id, "node_id")
+        if not 0 < self.proxy_subset <= 1:
+            raise ValueError("proxy_subset must be in (0, 1]")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"shard {self.shard} is not in [0, num_shards={self.num_shards})")
+        if self.slowdown < 1:
+            raise ValueError("slowdown must be >= 1")
+
+
+class ClientNode:
+    """``async with ClientNode(config) as client: await client.done()``."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self.topics = Topics(config.federation)
+        self.limits = Limits(max_payload_bytes=config.max_payload_bytes)
+        self.rejects = RejectCounter(log)
+        self.proxy: ProxySet | None = None
+        self.knowledge: Knowledge | None = None
+        self.updates_sent = 0
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.state = "starting"
+        self.last_loss = float("nan")
+        self._seq = SeqCounter()
+        self._proxy_ready = asyncio.Event()
+        self._done = asyncio.Event()
+        self._rng = random.Random(f"{config.seed}-{config.node_id}")
+        self._stack: AsyncExitStack | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _prepare(self) -> None:
+        from koala_async.learning import data as datasets
+        from koala_async.learning.distill import LocalTrainer, TrainConfig
+        from koala_async.learning.models import build_model, client_tiers
+
+        limit_threads(self.config.threads)
+        cfg = self.config
+        if cfg.data_path:
+            self.data = datasets.load_npz(cfg.data_path)
+        else:
+            fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
+                                    cfg.proxy_fraction)
+            self.data = fed.client(cfg.shard)
+        self.tier = cfg.tier or client_tiers(self.data.spec.kind)[1]
+        t = cfg.train
+        self.trainer = LocalTrainer(build_model(self.tier, self.data.spec, seed=cfg.seed + cfg.shard),
+                                    TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                                                kd_weight=t.kd_weight),
+                                    seed=cfg.seed + cfg.shard)
+        self.label_counts = np.bincount(self.data.y, minlength=self.data.spec.num_classes).astype(np.uint32)
+
+    async def __aenter__(self) -> ClientNode:
+        await asyncio.to_thread(self._prepare)
+        cfg = self.config
+        address = BrokerAddress.parse(cfg.broker, ca_file=cfg.ca_file)
+        if cfg.username:
+            address = BrokerAddress(**{**asdict(address), "username": cfg.username, "password": cfg.password})
+        will = Will(self.topics.client_status(cfg.node_id),
+                    status_payload(cfg.node_id, 0, "client", False, "lost", {"tier": self.tier}))
+        self._stack = AsyncExitStack()
+        self.transport = await self._stack.enter_async_context(Transport(
+            address, f"koala-{cfg.federation}-{cfg.node_id}", will=will,
+            subscriptions=((self.topics.proxy, 1), (self.topics.knowledge, 1)),
+            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF))
+        tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
+        self._tasks.append(tasks.create_task(self._receive(), name=f"{cfg.node_id}-receive"))
+        self._tasks.append(tasks.create_task(self._contribute(), name=f"{cfg.node_id}-train"))
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        try:
+            if self.transport.connected.is_set():
+                await self.transport.publish(self.topics.client_status(self.config.node_id),
+                                             self._status_payload(False, "left"), retain=True, timeout=2)
+        except Exception as err:  # noqa: BLE001 - best effort on the way out
+            log.debug("final status not sent: %s", err)
+        finally:
+            assert self._stack is not None
+            await self._stack.aclose()
+
+    async def done(self) -> None:
+        """Returns once ``max_updates`` updates have been published (never when it is 0)."""
+        await self._done.wait()
+
+    async def _on_connect(self, transport: Transport) -> None:
+        await transport.publish(self.topics.client_status(self.config.node_id),
+                                self._status_payload(True, self.state), retain=True)
+
+    async def _receive(self) -> None:
+        async for msg in self.transport.messages():
+            self.bytes_down += len(msg.payload)
+            try:
+                message = decode(msg.payload, self.limits)
+            except MessageError as exc:
+                self.rejects.error(exc, msg.topic)
+                continue
+            if msg.topic == self.topics.proxy and isinstance(message, ProxySet):
+                self.proxy = message
+                self._proxy_ready.set()
+            elif msg.topic == self.topics.knowledge and isinstance(message, Knowledge):
+                # Newest by arrival: a restarted server may legitimately resume at a lower version.
+                self.knowledge = message
+            else:
+                self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
+
+    async def _contribute(self) -> None:
+        cfg = self.config
+        self.state = "waiting for proxy set"
+        await self._publish_status()
+        await self._proxy_ready.wait()
+        while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
+            self.state = "idle"
+            await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
+            await self._train_and_publish()
+        self.state = "done"
+        await self._publish_status()
+        self._done.set()
+
+    async def _train_and_publish(self) -> None:
+        cfg = self.config
+        proxy = self.proxy
+        assert proxy is not None
+        knowledge = self.knowledge
+        teacher = None
+        base_version = 0
+        if knowledge is not None and knowledge.proxy_id == proxy.proxy_id:
+            base_version = knowledge.version
+            if knowledge.logits is not None and len(knowledge.logits) == len(proxy.inputs):
+                teacher = knowledge.logits
+        self.state = "training"
+        started = time.perf_counter()
+        ids = None
+        if cfg.proxy_subset < 1:
+            count = max(1, int(round(len(proxy.inputs) * cfg.proxy_subset)))
+            ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
+        logits = await asyncio.to_thread(self._train, proxy.inputs, teacher, ids)
+        if cfg.slowdown > 1:
+            await asyncio.sleep((time.perf_counter() - started) * (cfg.slowdown - 1))
+        update = Update(sender=cfg.node_id, seq=self._seq.next(), base_version=base_version, tier=self.tier,
+                        n_samples=len(self.data), proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids,
+                        sent_at=time.time(),
+                        label_counts=self.label_counts if cfg.send_label_counts else None)
+        payload = encode(update)
+        self.state = "publishing"
+        await self.transport.publish(self.topics.update(cfg.node_id), payload, qos=1)
+        self.updates_sent += 1
+        self.bytes_up += len(payload)
+        await self._publish_status()
+
+    def _train(self, proxy_x: np.ndarray, teacher: np.ndarray | None, ids: np.ndarray | None) -> np.ndarray:
+        from koala_async.learning.distill import predict_logits
+
+        px = proxy_x.astype(np.float32)
+        self.last_loss = self.trainer.train(self.data.x, self.data.y, px, teacher)
+        chosen = px if ids is None else px[ids]
+        return predict_logits(self.trainer.model, chosen).astype(np.float16)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "tier": getattr(self, "tier", None),
+            "n_samples": len(self.data) if hasattr(self, "data") else 0,
+            "updates_sent": self.updates_sent,
+            "knowledge_version": self.knowledge.version if self.knowledge else 0,
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "rejected": dict(self.rejects.counts),
+            "last_loss": None if self.last_loss != self.last_loss else round(self.last_loss, 4),
+        }
+
+    def _status_payload(self, online: bool, state: str) -> bytes:
+        return status_payload(self.config.node_id, self._seq.next(), "client", online, state, self.snapshot())
+
+    async def _publish_status(self) -> None:
+        await self.transport.publish(self.topics.client_status(self.config.node_id),
+                                     self._status_payload(True, self.state), retain=True)

@@ -1,0 +1,62 @@
+"""Pieces both node kinds share: reject accounting, status messages, thread setup."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from koala_async.core.envelope import Status, encode
+from koala_async.errors import MessageError
+
+
+@dataclass
+class RejectCounter:
+    """Counts dropped messages by reason and logs the first of each reason once."""
+
+    logger: logging.Logger
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def reject(self, reason: str, detail: str = "", origin: str = "") -> None:
+        if self.counts[reason] == 0:
+            self.logger.warning("dropped a message from %s: %s %s (further drops for this reason are "
+                                "only counted)", origin or "?", reason, detail)
+        self.counts[reason] += 1
+
+    def error(self, exc: MessageError, origin: str = "") -> None:
+        self.reject(exc.reason, exc.detail, origin)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+class SeqCounter:
+    """Per-sender message sequence numbers, monotonic across restarts of the same node.
+
+    Starting from the wall clock in milliseconds means a restarted node (without saved state) still
+    numbers above everything it sent before, so the server's dedupe never mistakes new for old.
+    """
+
+    def __init__(self, start: int | None = None) -> None:
+        self.value = int(time.time() * 1000) if start is None else start
+
+    def next(self) -> int:
+        self.value += 1
+        return self.value
+
+
+def status_payload(sender: str, seq: int, role: str, online: bool, state: str,
+                   info: dict[str, Any]) -> bytes:
+    return encode(Status(sender=sender, seq=seq, role=role, online=online, state=state, info=info,
+                         sent_at=time.time()))
+
+
+def limit_threads(threads: int) -> None:
+    """Several nodes share a few cores: keep torch from oversubscribing them."""
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
