@@ -6,7 +6,6 @@ For one-machine federations and tests. Real deployments use Mosquitto or a clust
 
 from __future__ import annotations
 
-import logging
 import socket
 from typing import Any
 
@@ -23,10 +22,9 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """``async with EmbeddedBroker() as broker: broker.url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, quiet: bool = True) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.quiet = quiet
         self._broker: Any = None
 
     @property
@@ -36,9 +34,6 @@ class EmbeddedBroker:
     async def __aenter__(self) -> EmbeddedBroker:
         from amqtt.broker import Broker  # imported late: only the broker role needs it
 
-        if self.quiet:
-            for name in ("amqtt", "transitions"):
-                logging.getLogger(name).setLevel(logging.WARNING)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}",
                                       "max_connections": -1}},

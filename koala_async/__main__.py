@@ -1,0 +1,3 @@
+from koala_async.tools.cli import main
+
+raise SystemExit(main())

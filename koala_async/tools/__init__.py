@@ -1,0 +1,1 @@
+"""Tools: scenario runner, reports, CLI."""

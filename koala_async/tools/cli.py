@@ -1,0 +1,192 @@
+"""The ``koala`` command: run a scenario, or run one node (broker, server, client) on its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+from koala_async.errors import KoalaError
+
+T = TypeVar("T")
+log = logging.getLogger("koala_async")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run on uvloop when it is importable, else on the default asyncio loop."""
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            return runner.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
+
+
+async def _until_signalled(*extra: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
+    """Wait for SIGINT/SIGTERM (installed by the CLI, never by the library) or any ``extra``."""
+    loop = asyncio.get_running_loop()
+    stop = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    try:
+        await asyncio.wait([stop, *extra], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+def _load_node_table(path: str | None, role: str) -> tuple[dict[str, Any], str, str | None]:
+    """The ``[role]`` table (or the top level) of a .toml or .json node config."""
+    if not path:
+        return {}, "", None
+    if path.endswith(".json"):
+        text = Path(path).read_text()
+        data = json.loads(text)
+    else:
+        from koala_async.config import read_toml
+
+        data, text = read_toml(path)
+    return dict(data.get(role, data)), text, path
+
+
+def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, Any]:
+    return {key: getattr(args, attr) for attr, key in mapping.items() if getattr(args, attr, None) is not None}
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from koala_async.tools.display import summary_table
+    from koala_async.tools.runner import run_scenario
+    from koala_async.tools.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario)
+    report, code = run_async(run_scenario(scenario, report_path=args.report, quiet=args.quiet,
+                                          workdir=args.workdir))
+    console = Console()
+    console.print(summary_table(report))
+    if report.get("failure"):
+        console.print(f"[red]run did not complete: {report['failure']}[/]")
+    if args.report:
+        console.print(f"report written to {args.report}")
+    return code
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from koala_async.io.broker import EmbeddedBroker
+
+    async def main() -> None:
+        async with EmbeddedBroker(args.host, args.port) as broker:
+            print(f"koala broker listening at {broker.url}", flush=True)
+            await _until_signalled()
+
+    run_async(main())
+    return 0
+
+
+def cmd_server(args: argparse.Namespace) -> int:
+    from koala_async.config import load_into
+    from koala_async.nodes.server import ServerConfig, ServerNode
+
+    table, text, source = _load_node_table(args.config, "server")
+    table.update(_overrides(args, {"broker": "broker", "federation": "federation", "dataset": "dataset",
+                                   "id": "node_id", "report": "report_path", "proxy": "proxy_path",
+                                   "test": "test_path"}))
+    config = load_into(ServerConfig, table, source=source, text=text, prefix="server" if source else "")
+
+    async def main() -> None:
+        async with ServerNode(config) as server:
+            log.info("server %s up on %s (large model %s)", config.node_id, config.broker, server.large_name)
+            await _until_signalled()
+
+    run_async(main())
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from koala_async.config import load_into
+    from koala_async.nodes.client import ClientConfig, ClientNode
+
+    table, text, source = _load_node_table(args.config, "client")
+    table.update(_overrides(args, {"broker": "broker", "federation": "federation", "id": "node_id",
+                                   "data": "data_path", "dataset": "dataset", "shard": "shard",
+                                   "num_shards": "num_shards", "tier": "tier", "max_updates": "max_updates"}))
+    config = load_into(ClientConfig, table, source=source, text=text, prefix="client" if source else "")
+
+    async def main() -> None:
+        async with ClientNode(config) as client:
+            await _until_signalled(asyncio.ensure_future(client.done()) if args.exit_when_done else
+                                   asyncio.get_running_loop().create_future())
+
+    run_async(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="koala", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a scenario file: broker, server and clients as real processes")
+    p.add_argument("scenario")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--quiet", action="store_true", help="no live view; a progress line every few seconds")
+    p.add_argument("--workdir", help="where node configs and logs go (default: a temp dir)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt) standalone")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=1883)
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("server", help="run a server node")
+    p.add_argument("--config", help="TOML or JSON file with a [server] table (see nodes/server.toml)")
+    p.add_argument("--broker", help="mqtt://HOST:PORT")
+    p.add_argument("--federation")
+    p.add_argument("--id")
+    p.add_argument("--dataset", help="digits, npz:PATH, mnist:DIR or cifar10:DIR")
+    p.add_argument("--proxy", help=".npz with x: the proxy inputs")
+    p.add_argument("--test", help=".npz with x and y: the held-out test set")
+    p.add_argument("--report", help="write a JSON report here on shutdown")
+    p.set_defaults(func=cmd_server)
+
+    p = sub.add_parser("client", help="run a client node")
+    p.add_argument("--config", help="TOML or JSON file with a [client] table (see nodes/client.toml)")
+    p.add_argument("--broker", help="mqtt://HOST:PORT")
+    p.add_argument("--federation")
+    p.add_argument("--id")
+    p.add_argument("--data", help=".npz with x and y: this client's private data")
+    p.add_argument("--dataset")
+    p.add_argument("--shard", type=int)
+    p.add_argument("--num-shards", type=int)
+    p.add_argument("--tier")
+    p.add_argument("--max-updates", type=int)
+    p.add_argument("--exit-when-done", action="store_true", help="exit after max-updates updates")
+    p.set_defaults(func=cmd_client)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + (1 if args.command in ("server", "client") else 0), 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # amqtt logs tracebacks at ERROR when a client disconnects mid-delivery (a race inside its
+    # broadcast loop that it recovers from); keep them out of the user's view unless asked for.
+    if args.verbose < 2:
+        logging.getLogger("amqtt").setLevel(logging.CRITICAL)
+        logging.getLogger("transitions").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except KoalaError as exc:
+        print(f"koala: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("koala: interrupted", file=sys.stderr)
+        return 130
