@@ -46,7 +46,7 @@ class ServerConfig:
     temperature: float = 3.0
     lr: float = 1e-3
     batch_size: int = 64
-    distill_steps: int = 20
+    distill_steps: int = 20  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
     buffer_size: int = 1
     accepted_tiers: tuple[str, ...] = ()
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
@@ -250,7 +250,10 @@ class ServerNode:
                                 update.sample_ids, weight, update.label_counts)
             targets, mask = self.fusion.targets(self.version)
             started = time.perf_counter()
-            await asyncio.to_thread(self._distill_step, targets, mask)
+            # Steps scale with the arrivals fused, so arrivals that queued up while the last
+            # distillation ran still each buy training; capped so a burst cannot stall the loop.
+            steps = cfg.distill_steps * min(len(batch), max(4, cfg.buffer_size))
+            await asyncio.to_thread(self._distill_step, targets, mask, steps)
             self.metrics.distill_seconds += time.perf_counter() - started
             self.version += 1
             self.metrics.timeline.append((round(time.monotonic() - self._started, 3), self.version,
@@ -262,10 +265,10 @@ class ServerNode:
             log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", self.version,
                      self.test_accuracy, self.metrics.accepted, self.rejects.total)
 
-    def _distill_step(self, targets: np.ndarray, mask: np.ndarray) -> None:
+    def _distill_step(self, targets: np.ndarray, mask: np.ndarray, steps: int) -> None:
         from koala_async.learning.distill import predict_logits
 
-        self.distiller.distill(self.proxy_x, targets, mask, self.config.distill_steps)
+        self.distiller.distill(self.proxy_x, targets, mask, steps)
         self.knowledge_logits = predict_logits(self.distiller.model, self.proxy_x).astype(np.float16)
         self.test_accuracy = self._evaluate()
 
