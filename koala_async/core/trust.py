@@ -18,6 +18,7 @@ yet observed, and every arrival before the server has any knowledge, gets trust 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +56,7 @@ class TierTrust:
         """Fold one arrival into its tier's estimate; returns the tier's trust afterwards."""
         if self.config.enabled and reference is not None:
             a = agreement(logits, ids, reference)
-            if a == a:  # not NaN
+            if not math.isnan(a):
                 old = self.agreement_ema.get(tier)
                 self.agreement_ema[tier] = a if old is None else (1 - self.config.beta) * old + self.config.beta * a
                 self.observations[tier] = self.observations.get(tier, 0) + 1

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from koala_async.core.resources import GiB, MiB, PROFILES, ResourceSnapshot, apply_profile
-from koala_async.core.tiering import (TierChoice, TierPolicy, TierSpec, choose_tier, next_tier, readiness,
-                                      samples_per_epoch)
+from koala_async.core.resources import PROFILES, GiB, MiB, ResourceSnapshot, apply_profile
+from koala_async.core.tiering import (
+    TierChoice,
+    TierPolicy,
+    TierSpec,
+    choose_tier,
+    next_tier,
+    readiness,
+    samples_per_epoch,
+)
 
 # Numbers as measured for the digits image tiers (koala tiers --kind image).
 CATALOG = (
@@ -19,8 +26,8 @@ SAMPLES = 256  # per epoch
 
 
 def snap(**kw: object) -> ResourceSnapshot:
-    base = dict(logical_cores=4, physical_cores=4, memory_total=4 * GiB, memory_available=2 * GiB,
-                load_1m=0.4, flops=1e10, disk_free=10 * GiB)
+    base = {"logical_cores": 4, "physical_cores": 4, "memory_total": 4 * GiB, "memory_available": 2 * GiB,
+            "load_1m": 0.4, "flops": 1e10, "disk_free": 10 * GiB}
     return ResourceSnapshot(**{**base, **kw})  # type: ignore[arg-type]
 
 
@@ -98,8 +105,8 @@ def test_samples_per_epoch_counts_proxy_batches() -> None:
     assert samples_per_epoch(61, 32, distilling=True) == 61 + 64
 
 
-@pytest.mark.parametrize("kwargs", [dict(memory_share=0), dict(epoch_budget_s=0),
-                                    dict(low_battery=10, critical_battery=20), dict(high_load=3, defer_load=2)])
+@pytest.mark.parametrize("kwargs", [{"memory_share": 0}, {"epoch_budget_s": 0},
+                                    {"low_battery": 10, "critical_battery": 20}, {"high_load": 3, "defer_load": 2}])
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         TierPolicy(**kwargs)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import Any
 import psutil
 import pytest
 
-from koala_async.core.resources import GiB, PROFILES, ResourceSnapshot, apply_profile, get_profile
+from koala_async.core.resources import PROFILES, GiB, ResourceSnapshot, apply_profile, get_profile
 from koala_async.io import resources
 
 
