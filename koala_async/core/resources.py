@@ -107,8 +107,9 @@ def apply_profile(snapshot: ResourceSnapshot, profile: DeviceProfile) -> Resourc
 
 
 # Achieved FLOP/s are for a single-threaded fp32 128x128 matmul in PyTorch, the probe's benchmark,
-# not the vendor's peak: a Pi Zero (ARM11, 1 GHz, no NEON) manages a few hundred MFLOP/s, a Pi 4
-# (Cortex-A72, one core used) about a GFLOP/s, a laptop core with AVX2 tens of GFLOP/s.
+# not the vendor's peak: a Pi Zero (ARM11, 1 GHz, no NEON) is taken at 150 MFLOP/s, one Pi 4 core
+# (Cortex-A72) at 800 MFLOP/s, a laptop core with AVX2 at 40 GFLOP/s. Plausible orders of magnitude,
+# not measurements of those boards.
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (
     DeviceProfile("pi-zero", 1, 1, 1000, 512 * MiB, 200 * MiB, 1.5e8, disk_free=4 * GiB),
     DeviceProfile("pi-4", 4, 4, 1500, 4 * GiB, 2 * GiB, 8.0e8, disk_free=16 * GiB),
