@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 
 from koala_async.core.envelope import Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
+from koala_async.core.tiering import TierPolicy, choose_tier, next_tier, readiness, samples_per_epoch
 from koala_async.core.topics import Topics, check_id
 from koala_async.errors import MessageError
 from koala_async.io.transport import BrokerAddress, Transport, Will
@@ -49,7 +51,9 @@ class ClientConfig:
     alpha: float = 0.5
     test_fraction: float = 0.2
     proxy_fraction: float = 0.25
-    tier: str | None = None  # architecture name; None = the kind's "small" tier
+    tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
+    profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
+    tier_policy: TierPolicy = field(default_factory=TierPolicy)
     train: TrainSettings = field(default_factory=TrainSettings)
     max_updates: int = 0  # 0 = keep contributing until stopped
     interval: float = 1.0  # seconds between trainings (with +-50% jitter)
@@ -70,6 +74,8 @@ class ClientConfig:
             raise ValueError(f"shard {self.shard} is not in [0, num_shards={self.num_shards})")
         if self.slowdown < 1:
             raise ValueError("slowdown must be >= 1")
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 
 
 class ClientNode:
@@ -87,6 +93,10 @@ class ClientNode:
         self.bytes_down = 0
         self.state = "starting"
         self.last_loss = float("nan")
+        self.profile = get_profile(config.profile) if config.profile else None
+        self.resources = ResourceSnapshot()
+        self.tier_reason = ""
+        self._trained_on: tuple[int | None, int] | None = None  # (knowledge version, data size)
         self._seq = SeqCounter()
         self._proxy_ready = asyncio.Event()
         self._done = asyncio.Event()
@@ -96,8 +106,8 @@ class ClientNode:
 
     def _prepare(self) -> None:
         from koala_async.learning import data as datasets
-        from koala_async.learning.distill import LocalTrainer, TrainConfig
-        from koala_async.learning.models import build_model, client_tiers
+        from koala_async.learning.catalog import tier_catalog
+        from koala_async.learning.models import client_tiers
 
         limit_threads(self.config.threads)
         cfg = self.config
@@ -107,13 +117,72 @@ class ClientNode:
             fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
                                     cfg.proxy_fraction)
             self.data = fed.client(cfg.shard)
-        self.tier = cfg.tier or client_tiers(self.data.spec.kind)[1]
-        t = cfg.train
+        self.catalog = tier_catalog(self.data.spec)
+        self.resources = self._probe()
+        if cfg.tier == "auto":
+            choice = choose_tier(self.resources, self.catalog, cfg.tier_policy, self._samples_per_epoch())
+            self.tier, self.tier_reason = choice.tier, choice.reason
+        else:
+            self.tier = cfg.tier or client_tiers(self.data.spec.kind)[1]
+            self.tier_reason = "configured" if cfg.tier else "default"
+        self._build_trainer()
+        self.label_counts = np.bincount(self.data.y, minlength=self.data.spec.num_classes).astype(np.uint32)
+
+    def _build_trainer(self) -> None:
+        from koala_async.learning.distill import LocalTrainer, TrainConfig
+        from koala_async.learning.models import build_model
+
+        cfg, t = self.config, self.config.train
         self.trainer = LocalTrainer(build_model(self.tier, self.data.spec, seed=cfg.seed + cfg.shard),
                                     TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                                 kd_weight=t.kd_weight),
                                     seed=cfg.seed + cfg.shard)
-        self.label_counts = np.bincount(self.data.y, minlength=self.data.spec.num_classes).astype(np.uint32)
+
+    def _probe(self) -> ResourceSnapshot:
+        from koala_async.io.resources import probe
+
+        return probe(self.profile)
+
+    def _samples_per_epoch(self, distilling: bool = True) -> int:
+        kd = distilling and self.config.train.kd_weight > 0
+        return samples_per_epoch(len(self.data), self.config.train.batch_size, kd)
+
+    async def _wait_until_ready(self) -> None:
+        """Re-probe until the readiness policy says train; publish why we wait meanwhile. Then
+        re-evaluate the tier (only a resource drop changes a trained model's tier)."""
+        cfg = self.config
+        since = time.monotonic()
+        while True:
+            self.resources = await asyncio.to_thread(self._probe)
+            version = self.knowledge.version if self.knowledge else None
+            last_version, last_size = self._trained_on or (None, -1)
+            verdict = readiness(self.resources, cfg.tier_policy, trained_before=self._trained_on is not None,
+                                new_knowledge=version != last_version, new_data=len(self.data) != last_size,
+                                waited_s=time.monotonic() - since)
+            if verdict.ready:
+                break
+            if self.state != verdict.reason:
+                self.state = verdict.reason
+                log.info("%s %s", cfg.node_id, verdict.reason)
+                await self._publish_status()
+            await asyncio.sleep(cfg.interval)
+        if cfg.tier == "auto":
+            choice = choose_tier(self.resources, self.catalog, cfg.tier_policy, self._samples_per_epoch())
+            tier = next_tier(self.tier, choice, self.catalog)
+            if tier != self.tier:
+                log.info("%s moves from %s to %s: %s", cfg.node_id, self.tier, tier, choice.reason)
+                self.tier, self.tier_reason = tier, choice.reason
+                await asyncio.to_thread(self._build_trainer)
+
+    def _simulated_seconds(self, distilling: bool) -> float:
+        """How long this training takes at the profile's FLOP/s (0 without a profile)."""
+        if self.profile is None or not self.resources.flops:
+            return 0.0
+        spec = next((t for t in self.catalog if t.name == self.tier), None)
+        if spec is None:  # an explicit architecture outside the catalog
+            return 0.0
+        flops = spec.train_flops_per_sample * self._samples_per_epoch(distilling) * self.config.train.epochs
+        return flops / self.resources.flops
 
     async def __aenter__(self) -> ClientNode:
         await asyncio.to_thread(self._prepare)
@@ -179,6 +248,7 @@ class ClientNode:
         while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
             self.state = "idle"
             await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
+            await self._wait_until_ready()
             await self._train_and_publish()
         self.state = "done"
         await self._publish_status()
@@ -202,6 +272,11 @@ class ClientNode:
             count = max(1, int(round(len(proxy.inputs) * cfg.proxy_subset)))
             ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
         logits = await asyncio.to_thread(self._train, proxy.inputs, teacher, ids)
+        self._trained_on = (knowledge.version if knowledge else None, len(self.data))
+        # A simulated device takes as long as its profile's FLOP/s make this training take.
+        simulated = self._simulated_seconds(teacher is not None)
+        if simulated > 0:
+            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
         if cfg.slowdown > 1:
             await asyncio.sleep((time.perf_counter() - started) * (cfg.slowdown - 1))
         update = Update(sender=cfg.node_id, seq=self._seq.next(), base_version=base_version, tier=self.tier,
@@ -226,6 +301,8 @@ class ClientNode:
     def snapshot(self) -> dict[str, Any]:
         return {
             "tier": getattr(self, "tier", None),
+            "tier_reason": self.tier_reason,
+            "resources": self.resources.summary(),
             "n_samples": len(self.data) if hasattr(self, "data") else 0,
             "updates_sent": self.updates_sent,
             "knowledge_version": self.knowledge.version if self.knowledge else 0,

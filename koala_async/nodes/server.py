@@ -20,6 +20,7 @@ from koala_async.core.envelope import (Knowledge, Limits, ProxySet, Status, Upda
 from koala_async.core.fusion import Fusion, FusionConfig
 from koala_async.core.staleness import StalenessPolicy
 from koala_async.core.topics import Topics, check_id
+from koala_async.core.trust import TierTrust, TrustConfig
 from koala_async.errors import MessageError
 from koala_async.io.transport import BrokerAddress, Transport, Will
 from koala_async.nodes.common import RejectCounter, SeqCounter, limit_threads, status_payload
@@ -51,6 +52,7 @@ class ServerConfig:
     accepted_tiers: tuple[str, ...] = ()
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)  # per-tier trust (docs/heterogeneous.md)
     status_interval: float = 2.0
     max_payload_bytes: int = 8 * 1024 * 1024
     threads: int = 1
@@ -94,6 +96,7 @@ class ServerNode:
         self.rejects = RejectCounter(log)
         self.seen = SeqWindow()
         self.online: dict[str, dict[str, Any]] = {}
+        self.tier_trust = TierTrust(config.trust)
         self._seq = SeqCounter()
         self._pending: list[tuple[Update, int]] = []
         self._arrived = asyncio.Event()
@@ -244,7 +247,8 @@ class ServerNode:
             self._arrived.clear()
             for update, _ in batch:
                 staleness = self.version - update.base_version
-                trust = 1.0
+                trust = self.tier_trust.observe(update.tier, update.logits, update.sample_ids,
+                                                self.knowledge_logits)
                 weight = self.fusion.arrival_weight(staleness, update.n_samples, trust)
                 self.fusion.add(update.sender, update.tier, update.base_version, update.logits,
                                 update.sample_ids, weight, update.label_counts)
@@ -306,6 +310,7 @@ class ServerNode:
             "knowledge_bytes": m.knowledge_bytes,
             "distill_seconds": round(m.distill_seconds, 3),
             "uptime": round(time.monotonic() - self._started, 3),
+            "tier_trust": self.tier_trust.as_dict(),
             "clients_online": sorted(k for k, v in self.online.items() if v.get("online")),
         }
 

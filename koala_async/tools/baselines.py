@@ -30,6 +30,8 @@ def local_only(server_cfg: dict[str, Any], client_cfgs: list[dict[str, Any]]) ->
         fed = cache[key]
         shard = datasets.load_npz(cfg.data_path) if cfg.data_path else fed.client(cfg.shard)
         tier = cfg.tier or client_tiers(shard.spec.kind)[1]
+        if tier == "auto":  # the client never reported its choice: fall back to the default tier
+            tier = client_tiers(shard.spec.kind)[1]
         t = cfg.train
         trainer = LocalTrainer(build_model(tier, shard.spec, seed=cfg.seed + cfg.shard),
                                TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr),

@@ -129,6 +129,30 @@ def cmd_client(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiers(args: argparse.Namespace) -> int:
+    import torch
+    from rich.console import Console
+
+    from koala_async.learning.catalog import default_spec, large_spec, tier_catalog
+    from koala_async.tools.tiers import catalog_rows, tiers_table
+
+    torch.set_num_threads(1)
+    console = Console() if sys.stdout.isatty() else Console(width=110)
+    kinds = [args.kind] if args.kind else ["image", "vector"]
+    shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+    out = {}
+    for kind in kinds:
+        spec = default_spec(kind, shape, args.classes)
+        rows = catalog_rows(tier_catalog(spec), large_spec(spec))
+        out[kind] = rows
+        if not args.json:
+            console.print(tiers_table(rows, f"{kind} tiers, input {spec.shape}, {spec.num_classes} classes "
+                                            f"(reductions vs {rows[-1]['name']})"))
+    if args.json:
+        print(json.dumps(out, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koala", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
@@ -140,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no live view; a progress line every few seconds")
     p.add_argument("--workdir", help="where node configs and logs go (default: a temp dir)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("tiers", help="print the measured client tier catalog and its savings vs the large model")
+    p.add_argument("--kind", choices=("image", "vector"), help="one input kind (default: both)")
+    p.add_argument("--input-shape", help="C,H,W for images or D for vectors (default: digits, 1,8,8 / 64)")
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    p.set_defaults(func=cmd_tiers)
 
     p = sub.add_parser("broker", help="run the embedded MQTT broker (amqtt) standalone")
     p.add_argument("--host", default="127.0.0.1")

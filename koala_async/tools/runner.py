@@ -144,7 +144,10 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         view.event(observer.elapsed(), "federation stopped; computing the local-only reference")
     from koala_async.tools.baselines import local_only
 
-    local = await asyncio.to_thread(local_only, server_cfg, client_cfgs)
+    # The local-only reference trains the tier each client reported (it may have chosen it: "auto").
+    chosen = [{**c, "tier": observer.clients.get(c["node_id"], {}).get("tier") or c.get("tier")}
+              for c in client_cfgs]
+    local = await asyncio.to_thread(local_only, server_cfg, chosen)
     report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure)
     if report_path:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
@@ -155,7 +158,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
 def build_report(scenario: Scenario, observer: Observer, local: dict[str, float], wall: float,
                  completed: bool, failure: str) -> dict[str, Any]:
     srv = observer.server
-    clients = {cid: {k: c.get(k) for k in ("tier", "n_samples", "updates_sent", "knowledge_version",
+    clients = {cid: {k: c.get(k) for k in ("tier", "tier_reason", "n_samples", "updates_sent", "knowledge_version",
                                              "bytes_up", "bytes_down", "state")}
                | {"accepted": srv.get("accepted_by_client", {}).get(cid, 0),
                   "local_only_test_accuracy": local.get(cid)}
@@ -166,7 +169,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "completed": completed,
         "failure": failure or None,
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
-                        "version": srv.get("version", 0), "timeline": observer.timeline},
+                        "version": srv.get("version", 0), "timeline": observer.timeline,
+                        "tier_trust": srv.get("tier_trust")},
         "local_only": {"mean_test_accuracy": sum(local_values) / len(local_values) if local_values else None,
                        "per_client": local},
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),

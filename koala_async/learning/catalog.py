@@ -1,0 +1,78 @@
+"""The tier catalog, measured: parameters, bytes on disk, training FLOPs and peak training memory of
+every architecture for one input spec.
+
+- ``params``: counted from the built model.
+- ``bytes_on_disk``: length of ``torch.save(model.state_dict())``.
+- ``train_flops_per_sample``: counted by ``torch.utils.flop_counter.FlopCounterMode`` over one forward
+  and backward pass of a batch, divided by the batch size (matmuls and convolutions; element-wise ops
+  such as ReLU and pooling are not counted, they are a rounding error here).
+- ``peak_train_bytes``: *estimated*, fp32: weights + gradients + two Adam moments (4 x params) plus
+  the activations of one batch kept for backward and their gradients (2 x the outputs of every leaf
+  module, recorded with forward hooks).
+"""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from koala_async.core.tiering import TierSpec
+from koala_async.learning.models import ARCHITECTURES, InputSpec, build_model, client_tiers, default_large
+
+BATCH = 32
+
+
+def _activation_elements(model: nn.Module, x: torch.Tensor) -> int:
+    total = 0
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        nonlocal total
+        total += out.numel()
+
+    leaves = [m for m in model.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def measure(name: str, spec: InputSpec, batch_size: int = BATCH) -> TierSpec:
+    """Build architecture ``name`` for ``spec`` and measure it."""
+    model = build_model(name, spec, seed=0)
+    params = sum(p.numel() for p in model.parameters())
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    x = torch.randn(batch_size, *spec.shape)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x).sum().backward()
+    flops = counter.get_total_flops() / batch_size
+    peak = 4 * 4 * params + 2 * 4 * _activation_elements(model, x)
+    return TierSpec(name=name, kind=spec.kind, params=params, bytes_on_disk=len(buf.getvalue()),
+                    train_flops_per_sample=float(flops), peak_train_bytes=peak)
+
+
+@lru_cache(maxsize=16)
+def tier_catalog(spec: InputSpec) -> tuple[TierSpec, ...]:
+    """The client tiers for ``spec``'s kind, smallest first, measured."""
+    return tuple(measure(name, spec) for name in client_tiers(spec.kind))
+
+
+@lru_cache(maxsize=16)
+def large_spec(spec: InputSpec, name: str | None = None) -> TierSpec:
+    return measure(name or default_large(spec.kind), spec)
+
+
+def default_spec(kind: str, shape: tuple[int, ...] | None = None, num_classes: int = 10) -> InputSpec:
+    """The digits-sized spec of a kind unless told otherwise: (1, 8, 8) images or 64-vectors."""
+    if kind not in {a.kind for a in ARCHITECTURES.values()}:
+        raise ValueError(f"unknown input kind {kind!r}")
+    return InputSpec(kind, shape or ((1, 8, 8) if kind == "image" else (64,)), num_classes)
