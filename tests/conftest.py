@@ -82,3 +82,13 @@ def mosquitto_broker(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+
+
+@pytest.fixture(params=["embedded", pytest.param("mosquitto", marks=pytest.mark.mosquitto)])
+async def broker_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """The URL of a running broker: the embedded amqtt one, then a real Mosquitto."""
+    if request.param == "mosquitto":
+        yield request.getfixturevalue("mosquitto_broker")
+        return
+    async with EmbeddedBroker(port=free_port()) as broker:
+        yield broker.url

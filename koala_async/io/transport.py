@@ -94,6 +94,7 @@ class TransportStats:
     messages_out: int = 0
     publish_retries: int = 0
     queue_high_water: int = 0
+    unsolicited: int = 0  # messages on topics we never subscribed to (dropped)
     last_error: str = ""
     by_topic_out: dict[str, int] = field(default_factory=dict)
 
@@ -149,6 +150,11 @@ class Transport:
                     if self.on_connect is not None:
                         await self.on_connect(self)
                     async for message in client.messages:
+                        if not any(message.topic.matches(topic) for topic, _ in self.subscriptions):
+                            # amqtt 0.12 replays, to every client that connects, the retained messages
+                            # of every filter *any* client subscribed to: drop what we never asked for.
+                            self.stats.unsolicited += 1
+                            continue
                         payload = message.payload
                         if not isinstance(payload, (bytes, bytearray)):
                             payload = str(payload).encode()

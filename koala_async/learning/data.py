@@ -94,7 +94,11 @@ def load_npz(path: str | Path, num_classes: int | None = None, labeled: bool = T
     classes = num_classes or (int(y.max()) + 1 if len(y) else 0)
     if len(y) and y.max() >= classes:
         raise DataError(f"{path}: label {int(y.max())} >= num_classes {classes}")
-    return Dataset(x, y, _spec_for(x, classes))
+    try:
+        spec = _spec_for(x, classes)
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    return Dataset(x, y, spec)
 
 
 def _open_maybe_gz(path: Path) -> bytes:
@@ -112,10 +116,14 @@ def read_idx(path: str | Path) -> np.ndarray:
     if dtype is None:
         raise DataError(f"{path}: unknown IDX type code {raw[2]:#x}")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header cut short ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    itemsize = np.dtype(dtype).itemsize
+    body = len(raw) - 4 - 4 * ndim
+    if body % itemsize or body // itemsize != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims}, file holds {body} bytes of {itemsize}-byte values")
     data = np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
-        raise DataError(f"{path}: header says {dims}, file holds {data.size} values")
     return data.reshape(dims)
 
 

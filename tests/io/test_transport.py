@@ -1,0 +1,125 @@
+"""The MQTT transport against real brokers: delivery, retained state, reconnects, bounded waits."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from koala_async.core.backoff import Backoff
+from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
+from koala_async.io.broker import EmbeddedBroker, free_port
+from koala_async.io.transport import BrokerAddress, Incoming, Transport
+
+FAST = Backoff(initial=0.1, cap=0.4)
+
+
+async def next_message(transport: Transport, timeout: float = 10.0) -> Incoming:
+    async with asyncio.timeout(timeout):
+        return await anext(transport.messages())
+
+
+async def no_message(transport: Transport, wait: float = 0.5) -> None:
+    try:
+        async with asyncio.timeout(wait):
+            msg = await anext(transport.messages())
+    except TimeoutError:
+        return
+    pytest.fail(f"unexpected message on {msg.topic}")
+
+
+def test_broker_address_parse() -> None:
+    a = BrokerAddress.parse("mqtt://user:p%40ss@broker.lan:1884")
+    assert (a.host, a.port, a.username, a.password, a.tls) == ("broker.lan", 1884, "user", "p@ss", False)
+    assert str(a) == "mqtt://broker.lan:1884"
+    assert BrokerAddress.parse("mqtts://gw").port == 8883 and BrokerAddress.parse("mqtts://gw").tls
+    assert BrokerAddress.parse("10.0.0.5").port == 1883
+    with pytest.raises(ConfigError, match="scheme"):
+        BrokerAddress.parse("http://x:1883")
+    with pytest.raises(ConfigError, match="port"):
+        BrokerAddress.parse("mqtt://x:notaport")
+
+
+async def test_publish_and_receive_with_retained_state(broker_url: str) -> None:
+    addr = BrokerAddress.parse(broker_url)
+    async with Transport(addr, "t-pub", backoff=FAST) as pub:
+        await pub.wait_connected(10)
+        await pub.publish("t/state", b"retained-1", retain=True)
+        async with Transport(addr, "t-sub", subscriptions=(("t/#", 1),), backoff=FAST) as sub:
+            await sub.wait_connected(10)
+            first = await next_message(sub)
+            assert (first.topic, first.payload, first.retain) == ("t/state", b"retained-1", True)
+            await pub.publish("t/live", b"x" * 20_000)
+            live = await next_message(sub)
+            assert (live.topic, live.payload, live.retain) == ("t/live", b"x" * 20_000, False)
+            assert sub.stats.messages_in == 2 and sub.stats.bytes_in == len(b"retained-1") + 20_000
+        assert pub.stats.messages_out == 2 and pub.stats.bytes_out == len(b"retained-1") + 20_000
+
+
+async def test_only_subscribed_topics_are_delivered(broker_url: str) -> None:
+    # amqtt replays to a connecting client the retained messages of every other client's filters;
+    # the transport must not hand those to its node
+    addr = BrokerAddress.parse(broker_url)
+    async with Transport(addr, "watcher", subscriptions=(("f/+/status", 1),), backoff=FAST) as watcher:
+        await watcher.wait_connected(10)
+        async with Transport(addr, "writer", backoff=FAST) as writer:
+            await writer.wait_connected(10)
+            await writer.publish("f/a/status", b"status", retain=True)
+            await writer.publish("f/knowledge", b"knowledge", retain=True)
+        assert (await next_message(watcher)).topic == "f/a/status"
+        async with Transport(addr, "late", subscriptions=(("f/knowledge", 1),), backoff=FAST) as late:
+            await late.wait_connected(10)
+            msg = await next_message(late)
+            assert (msg.topic, msg.payload) == ("f/knowledge", b"knowledge")
+            await no_message(late)
+
+
+async def test_wait_connected_and_publish_are_bounded_without_a_broker() -> None:
+    port = free_port()
+    addr = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
+    async with Transport(addr, "lonely", backoff=FAST) as t:
+        with pytest.raises(BrokerUnavailable) as info:
+            await t.wait_connected(timeout=0.5)
+        assert info.value.address == f"mqtt://127.0.0.1:{port}"
+        assert t.stats.last_error
+        with pytest.raises(TransportError, match="timed out"):
+            await t.publish("a/b", b"x", timeout=0.3)
+        assert t.stats.connects == 0
+
+
+async def test_reconnects_after_a_broker_restart_and_resubscribes() -> None:
+    port = free_port()
+    addr = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
+    connects = []
+
+    async def on_connect(t: Transport) -> None:
+        connects.append(t.stats.connects)
+        await t.publish("r/hello", b"%d" % len(connects), retain=True)
+
+    first = await EmbeddedBroker(port=port).__aenter__()
+    try:
+        async with Transport(addr, "phoenix", subscriptions=(("r/#", 1),), on_connect=on_connect,
+                             backoff=FAST) as t:
+            await t.wait_connected(10)
+            assert (await next_message(t)).payload == b"1"
+            await first.__aexit__(None, None, None)
+            first = None
+            async with asyncio.timeout(10):
+                while t.connected.is_set():
+                    await asyncio.sleep(0.02)
+            assert t.stats.disconnects == 1
+            async with EmbeddedBroker(port=port):  # a fresh broker: no retained state, no sessions
+                async with asyncio.timeout(15):
+                    while t.stats.connects < 2:
+                        await asyncio.sleep(0.05)
+                assert connects == [1, 2]  # on_connect ran again: retained state republished
+                # the subscription is back: its own republished state and new messages arrive
+                assert (await next_message(t)).payload == b"2"
+                async with Transport(addr, "other", backoff=FAST) as other:
+                    await other.wait_connected(10)
+                    await other.publish("r/after", b"after")
+                msg = await next_message(t)
+                assert (msg.topic, msg.payload) == ("r/after", b"after")
+    finally:
+        if first is not None:
+            await first.__aexit__(None, None, None)
