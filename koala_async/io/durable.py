@@ -71,7 +71,7 @@ class Journal:
         return self.directory / f"journal-{number:08d}.log"
 
     def _open(self, number: int):  # type: ignore[no-untyped-def]
-        handle = open(self._path(number), "ab")
+        handle = open(self._path(number), "ab")  # noqa: SIM115 - held open across appends, closed by close()
         fsync_dir(self.directory)
         return handle
 

@@ -21,8 +21,7 @@ from koala_async.core.topics import Topics, check_id
 from koala_async.errors import MessageError
 from koala_async.io.transport import Transport, Will
 from koala_async.nodes.client_state import ClientState
-from koala_async.nodes.common import (RejectCounter, SeqCounter, broker_address, limit_threads,
-                                      status_payload)
+from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import io
 import logging
 import threading
 import time
-from contextlib import AsyncExitStack
 from collections import Counter
+from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import numpy as np
 
 from koala_async.core.admission import AdmissionContext, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import (Knowledge, Limits, ProxySet, Status, Update, decode, encode)
+from koala_async.core.envelope import Knowledge, Limits, ProxySet, Status, Update, decode, encode
 from koala_async.core.fusion import Contribution, Fusion, FusionConfig
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.staleness import StalenessPolicy
@@ -33,8 +33,7 @@ from koala_async.core.topics import Topics, check_id
 from koala_async.errors import ConfigError, MessageError
 from koala_async.io.durable import Journal, atomic_write
 from koala_async.io.transport import Transport, Will
-from koala_async.nodes.common import (RejectCounter, SeqCounter, broker_address, limit_threads,
-                                      status_payload)
+from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 
 log = logging.getLogger(__name__)
 

@@ -29,16 +29,16 @@ def _client(url: str, user: str | None, password: str | None, ident: str) -> aio
 
 
 def _server_config(broker, tmp_path, **kw) -> ServerConfig:
-    base = dict(broker=broker.url, federation=FED, username="server", password=broker.passwords["server"],
-                distill_steps=1, buffer_size=5000, status_interval=0.5, state_dir=str(tmp_path / "state"))
+    base = {"broker": broker.url, "federation": FED, "username": "server", "password": broker.passwords["server"],
+                "distill_steps": 1, "buffer_size": 5000, "status_interval": 0.5, "state_dir": str(tmp_path / "state")}
     base.update(kw)
     return ServerConfig(**base)
 
 
 def _update(server: ServerNode, sender: str, seq: int, **kw) -> Update:
     rng = np.random.default_rng(seq)
-    fields = dict(sender=sender, seq=seq, base_version=0, tier="t", n_samples=50, proxy_id=server.proxy_id,
-                  logits=rng.normal(size=(len(server.proxy_x), server.spec.num_classes)).astype(np.float16))
+    fields = {"sender": sender, "seq": seq, "base_version": 0, "tier": "t", "n_samples": 50, "proxy_id": server.proxy_id,
+                  "logits": rng.normal(size=(len(server.proxy_x), server.spec.num_classes)).astype(np.float16)}
     fields.update(kw)
     return Update(**fields)
 
