@@ -119,6 +119,10 @@ class ServerNode:
         self.keys: dict[str, bytes] | None = None
         self.journal: Journal | None = None
         self._model_lock = threading.Lock()  # the distill thread and checkpoint writes take turns
+        # One checkpoint write at a time, newest capture wins: a write cancelled on shutdown may still
+        # be running in its thread when the final one starts.
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_from = 0
         self._dirty = False
         self._arrived = asyncio.Event()
         self._started = time.monotonic()
@@ -402,14 +406,18 @@ class ServerNode:
         import torch
 
         assert self.journal is not None and self.config.state_dir
-        with self._model_lock:
-            state = {**state, "model": self.distiller.model.state_dict(),
-                     "optimizer": self.distiller.optimizer.state_dict(),
-                     "steps_done": self.distiller.steps_done}
-            buffer = io.BytesIO()
-            torch.save(state, buffer)
-        atomic_write(Path(self.config.state_dir) / CHECKPOINT, buffer.getvalue())
-        self.journal.drop_before(state["journal_from"])
+        with self._checkpoint_lock:
+            if state["journal_from"] < self._checkpoint_from:
+                return  # a later capture is already on disk; this one would roll it back
+            with self._model_lock:
+                state = {**state, "model": self.distiller.model.state_dict(),
+                         "optimizer": self.distiller.optimizer.state_dict(),
+                         "steps_done": self.distiller.steps_done}
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+            atomic_write(Path(self.config.state_dir) / CHECKPOINT, buffer.getvalue())
+            self._checkpoint_from = state["journal_from"]
+            self.journal.drop_before(state["journal_from"])
         log.debug("checkpoint at version %d (%d accepted)", state["version"], state["metrics"]["accepted"])
 
     def _restore(self, state_dir: Path) -> None:
