@@ -12,6 +12,11 @@ of the probabilities of the contributions that cover ``i``; uncovered samples ge
 
 Robust methods (``median``, ``trimmed``) trade a little accuracy for resistance to clients sending
 poisoned logits: they ignore weights beyond inclusion and take a coordinate-wise statistic.
+``filtered`` first scores each client by how far its probabilities sit from the coordinate-wise
+median of everyone's (mean total-variation distance on the samples it covers), drops the clients
+whose score is an outlier (above median + 3 MAD, at most ``trim_fraction`` of them), and fuses the
+rest with the weighted mean: with honest clients it is the mean, with a few poisoned ones it is the
+mean of the others.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 
 from koala_async.core.staleness import StalenessPolicy
 
-METHODS = ("mean", "median", "trimmed")
+METHODS = ("mean", "median", "trimmed", "filtered")
 SAMPLE_WEIGHTING = ("none", "sqrt", "linear")
 
 
@@ -116,15 +121,40 @@ class Fusion:
             return np.full((n, c), 1.0 / c, dtype=np.float32), np.zeros(n, dtype=bool)
         if self.config.method == "mean":
             return self._weighted_mean(version)
+        if self.config.method == "filtered":
+            return self._weighted_mean(version, exclude=self.outliers())
         return self._robust()
 
-    def _weighted_mean(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+    def outliers(self) -> set[str]:
+        """Senders whose probabilities are far from the coordinate-wise median of all contributions."""
+        n_contrib = len(self.contributions)
+        limit = int(math.floor(n_contrib * self.config.trim_fraction))
+        if limit == 0:
+            return set()
+        stack = np.full((n_contrib, self.n_proxy, self.num_classes), np.nan, dtype=np.float32)
+        for row, contrib in enumerate(self.contributions.values()):
+            stack[row, contrib.ids] = contrib.probs
+        covered = ~np.isnan(stack[:, :, 0]).all(axis=0)
+        median = np.zeros((self.n_proxy, self.num_classes), dtype=np.float32)
+        median[covered] = np.nanmedian(stack[:, covered], axis=0)
+        scores = np.array([0.5 * np.abs(c.probs - median[c.ids]).sum(axis=1).mean() if len(c.ids) else 0.0
+                           for c in self.contributions.values()])
+        centre = float(np.median(scores))
+        spread = 1.4826 * float(np.median(np.abs(scores - centre)))
+        threshold = centre + max(3 * spread, 0.05)
+        ranked = sorted(zip(scores, self.contributions), reverse=True)[:limit]
+        return {sender for score, sender in ranked if score > threshold}
+
+    def _weighted_mean(self, version: int, exclude: frozenset[str] | set[str] = frozenset()
+                       ) -> tuple[np.ndarray, np.ndarray]:
         n, c = self.n_proxy, self.num_classes
         acc = np.zeros((n, c), dtype=np.float64)
         total = np.zeros((n, c), dtype=np.float64)
         weights = self.current_weights(version)
         uniform = np.full(c, 1.0 / c)
         for contrib in self.contributions.values():
+            if contrib.sender in exclude:
+                continue
             w = np.full(len(contrib.ids), weights[contrib.sender], dtype=np.float64)
             if self.config.confidence_power:
                 w *= contrib.probs.max(axis=1) ** self.config.confidence_power

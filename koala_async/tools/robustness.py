@@ -5,7 +5,7 @@ path the server runs, directly: ``digits`` is federated into ``clients`` Dirichl
 trains its small model with :class:`LocalTrainer` and computes logits on the proxy set, the first
 ``adversaries`` clients permute the class columns of their logits (a consistent wrong class mapping,
 the strongest label-flip a client can send without being non-finite), and the server side fuses them
-with :class:`Fusion` (``mean``, ``median``, ``trimmed``) and distills the large model on the proxy set
+with :class:`Fusion` (``mean``, ``median``, ``trimmed``, ``filtered``) and distills the large model on the proxy set
 with :class:`Distiller`. Each method is also run with every client honest (the clean run). The result
 is the large model's accuracy on the held-out test split, which no client or proxy sample ever sees.
 
@@ -25,7 +25,7 @@ import numpy as np
 from koala_async.core.fusion import Fusion, FusionConfig
 from koala_async.core.staleness import StalenessPolicy
 
-METHODS = ("mean", "median", "trimmed")
+METHODS = ("mean", "median", "trimmed", "filtered")
 
 
 @dataclass(frozen=True)
