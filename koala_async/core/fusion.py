@@ -12,11 +12,14 @@ of the probabilities of the contributions that cover ``i``; uncovered samples ge
 
 Robust methods (``median``, ``trimmed``) trade a little accuracy for resistance to clients sending
 poisoned logits: they ignore weights beyond inclusion and take a coordinate-wise statistic.
-``filtered`` first scores each client by how far its probabilities sit from the coordinate-wise
-median of everyone's (mean total-variation distance on the samples it covers), drops the clients
-whose score is an outlier (above median + 3 MAD, at most ``trim_fraction`` of them), and fuses the
-rest with the weighted mean: with honest clients it is the mean, with a few poisoned ones it is the
-mean of the others.
+``filtered`` first finds the consensus class of every proxy sample (argmax of the coordinate-wise
+median of all clients' probabilities), then scores each client by how often its own argmax agrees
+with the consensus on the samples whose consensus class it says it holds (its label histogram; all
+classes without one). Non-IID honest clients are unsure outside their own classes but agree inside
+them; a client sending a wrong class mapping agrees about as often as chance. Clients below
+``agreement_floor`` are dropped (at most ``trim_fraction`` of them, the worst first) and the rest are
+fused with the weighted mean: with honest clients it is the mean, with a few liars the mean of the
+others.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class FusionConfig:
     # lets each sample be taught mostly by the clients that know it.
     confidence_power: float = 1.0
     trim_fraction: float = 0.2
+    agreement_floor: float = 0.25  # ``filtered``: least agreement with the consensus to be kept
     # With label histograms from clients, judge each class's probability by the clients that hold
     # that class: fused[i, c] = sum_k w_k h_kc p_k[i, c] / sum_k w_k h_kc (then renormalised).
     class_weighting: bool = True
@@ -126,24 +130,28 @@ class Fusion:
         return self._robust()
 
     def outliers(self) -> set[str]:
-        """Senders whose probabilities are far from the coordinate-wise median of all contributions."""
-        n_contrib = len(self.contributions)
-        limit = int(math.floor(n_contrib * self.config.trim_fraction))
+        """Senders that disagree with the consensus even on the classes they claim to hold."""
+        contribs = list(self.contributions.values())
+        limit = int(math.floor(len(contribs) * self.config.trim_fraction))
         if limit == 0:
             return set()
-        stack = np.full((n_contrib, self.n_proxy, self.num_classes), np.nan, dtype=np.float32)
-        for row, contrib in enumerate(self.contributions.values()):
+        stack = np.full((len(contribs), self.n_proxy, self.num_classes), np.nan, dtype=np.float32)
+        for row, contrib in enumerate(contribs):
             stack[row, contrib.ids] = contrib.probs
         covered = ~np.isnan(stack[:, :, 0]).all(axis=0)
-        median = np.zeros((self.n_proxy, self.num_classes), dtype=np.float32)
-        median[covered] = np.nanmedian(stack[:, covered], axis=0)
-        scores = np.array([0.5 * np.abs(c.probs - median[c.ids]).sum(axis=1).mean() if len(c.ids) else 0.0
-                           for c in self.contributions.values()])
-        centre = float(np.median(scores))
-        spread = 1.4826 * float(np.median(np.abs(scores - centre)))
-        threshold = centre + max(3 * spread, 0.05)
-        ranked = sorted(zip(scores, self.contributions), reverse=True)[:limit]
-        return {sender for score, sender in ranked if score > threshold}
+        consensus = np.full(self.n_proxy, -1, dtype=np.int64)
+        consensus[covered] = np.nanmedian(stack[:, covered], axis=0).argmax(axis=1)
+        scored = []
+        for contrib in contribs:
+            agreed = consensus[contrib.ids]
+            known = (np.ones(self.num_classes, dtype=bool) if contrib.class_weights is None
+                     else contrib.class_weights >= 0.05)
+            judged = known[agreed] & (agreed >= 0)
+            if judged.sum() == 0:
+                judged = agreed >= 0
+            agreement = float((contrib.probs.argmax(axis=1)[judged] == agreed[judged]).mean()) if judged.any() else 1.0
+            scored.append((agreement, contrib.sender))
+        return {sender for agreement, sender in sorted(scored)[:limit] if agreement < self.config.agreement_floor}
 
     def _weighted_mean(self, version: int, exclude: frozenset[str] | set[str] = frozenset()
                        ) -> tuple[np.ndarray, np.ndarray]:
