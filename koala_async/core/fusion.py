@@ -12,6 +12,14 @@ of the probabilities of the contributions that cover ``i``; uncovered samples ge
 
 Robust methods (``median``, ``trimmed``) trade a little accuracy for resistance to clients sending
 poisoned logits: they ignore weights beyond inclusion and take a coordinate-wise statistic.
+``filtered`` first finds the consensus class of every proxy sample (argmax of the coordinate-wise
+median of all clients' probabilities), then scores each client by how often its own argmax agrees
+with the consensus on the samples whose consensus class it says it holds (its label histogram; all
+classes without one). Non-IID honest clients are unsure outside their own classes but agree inside
+them; a client sending a wrong class mapping agrees about as often as chance. Clients below
+``agreement_floor`` are dropped (at most ``trim_fraction`` of them, the worst first) and the rest are
+fused with the weighted mean: with honest clients it is the mean, with a few liars the mean of the
+others.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import numpy as np
 
 from koala_async.core.staleness import StalenessPolicy
 
-METHODS = ("mean", "median", "trimmed")
+METHODS = ("mean", "median", "trimmed", "filtered")
 SAMPLE_WEIGHTING = ("none", "sqrt", "linear")
 
 
@@ -65,6 +73,7 @@ class FusionConfig:
     # lets each sample be taught mostly by the clients that know it.
     confidence_power: float = 1.0
     trim_fraction: float = 0.2
+    agreement_floor: float = 0.25  # ``filtered``: least agreement with the consensus to be kept
     # With label histograms from clients, judge each class's probability by the clients that hold
     # that class: fused[i, c] = sum_k w_k h_kc p_k[i, c] / sum_k w_k h_kc (then renormalised).
     class_weighting: bool = True
@@ -116,15 +125,44 @@ class Fusion:
             return np.full((n, c), 1.0 / c, dtype=np.float32), np.zeros(n, dtype=bool)
         if self.config.method == "mean":
             return self._weighted_mean(version)
+        if self.config.method == "filtered":
+            return self._weighted_mean(version, exclude=self.outliers())
         return self._robust()
 
-    def _weighted_mean(self, version: int) -> tuple[np.ndarray, np.ndarray]:
+    def outliers(self) -> set[str]:
+        """Senders that disagree with the consensus even on the classes they claim to hold."""
+        contribs = list(self.contributions.values())
+        limit = int(math.floor(len(contribs) * self.config.trim_fraction))
+        if limit == 0:
+            return set()
+        stack = np.full((len(contribs), self.n_proxy, self.num_classes), np.nan, dtype=np.float32)
+        for row, contrib in enumerate(contribs):
+            stack[row, contrib.ids] = contrib.probs
+        covered = ~np.isnan(stack[:, :, 0]).all(axis=0)
+        consensus = np.full(self.n_proxy, -1, dtype=np.int64)
+        consensus[covered] = np.nanmedian(stack[:, covered], axis=0).argmax(axis=1)
+        scored = []
+        for contrib in contribs:
+            agreed = consensus[contrib.ids]
+            known = (np.ones(self.num_classes, dtype=bool) if contrib.class_weights is None
+                     else contrib.class_weights >= 0.05)
+            judged = known[agreed] & (agreed >= 0)
+            if judged.sum() == 0:
+                judged = agreed >= 0
+            agreement = float((contrib.probs.argmax(axis=1)[judged] == agreed[judged]).mean()) if judged.any() else 1.0
+            scored.append((agreement, contrib.sender))
+        return {sender for agreement, sender in sorted(scored)[:limit] if agreement < self.config.agreement_floor}
+
+    def _weighted_mean(self, version: int, exclude: frozenset[str] | set[str] = frozenset()
+                       ) -> tuple[np.ndarray, np.ndarray]:
         n, c = self.n_proxy, self.num_classes
         acc = np.zeros((n, c), dtype=np.float64)
         total = np.zeros((n, c), dtype=np.float64)
         weights = self.current_weights(version)
         uniform = np.full(c, 1.0 / c)
         for contrib in self.contributions.values():
+            if contrib.sender in exclude:
+                continue
             w = np.full(len(contrib.ids), weights[contrib.sender], dtype=np.float64)
             if self.config.confidence_power:
                 w *= contrib.probs.max(axis=1) ** self.config.confidence_power

@@ -10,18 +10,20 @@ import logging
 import random
 import time
 from contextlib import AsyncExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from koala_async.core.envelope import Knowledge, Limits, ProxySet, Update, decode, encode
 from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
+from koala_async.core.signing import sign, unwrap
 from koala_async.core.tiering import TierPolicy, choose_tier, next_tier, readiness, samples_per_epoch
 from koala_async.core.topics import Topics, check_id
 from koala_async.errors import MessageError
-from koala_async.io.transport import BrokerAddress, Transport, Will
-from koala_async.nodes.common import RejectCounter, SeqCounter, limit_threads, status_payload
+from koala_async.io.transport import Transport, Will
+from koala_async.nodes.client_state import ClientState
+from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +66,15 @@ class ClientConfig:
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
     max_payload_bytes: int = 64 * 1024 * 1024
+    # Durability: where the pending update and seq counter live (None = nowhere); a pending update
+    # older than this many knowledge versions at restart is discarded instead of published.
+    state_dir: str | None = None
+    pending_max_staleness: int = 10
+    signing_key: str | None = None  # HMAC key shared with the server's keys file
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node_id")
@@ -98,6 +108,9 @@ class ClientNode:
         self.tier_reason = ""
         self._trained_on: tuple[int | None, int] | None = None  # (knowledge version, data size)
         self._seq = SeqCounter()
+        self._state = ClientState(config.state_dir) if config.state_dir else None
+        if self._state is not None:
+            self._seq = SeqCounter(max(self._seq.value, self._state.last_seq()))
         self._proxy_ready = asyncio.Event()
         self._done = asyncio.Event()
         self._rng = random.Random(f"{config.seed}-{config.node_id}")
@@ -187,9 +200,9 @@ class ClientNode:
     async def __aenter__(self) -> ClientNode:
         await asyncio.to_thread(self._prepare)
         cfg = self.config
-        address = BrokerAddress.parse(cfg.broker, ca_file=cfg.ca_file)
-        if cfg.username:
-            address = BrokerAddress(**{**asdict(address), "username": cfg.username, "password": cfg.password})
+        address = broker_address(cfg.broker, username=cfg.username, password=cfg.password,
+                                 ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
+                                 tls_insecure=cfg.tls_insecure)
         will = Will(self.topics.client_status(cfg.node_id),
                     status_payload(cfg.node_id, 0, "client", False, "lost", {"tier": self.tier}))
         self._stack = AsyncExitStack()
@@ -245,6 +258,7 @@ class ClientNode:
         self.state = "waiting for proxy set"
         await self._publish_status()
         await self._proxy_ready.wait()
+        await self._resume_pending()
         while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
             self.state = "idle"
             await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
@@ -284,11 +298,48 @@ class ClientNode:
                         sent_at=time.time(),
                         label_counts=self.label_counts if cfg.send_label_counts else None)
         payload = encode(update)
+        if cfg.signing_key:
+            payload = sign(payload, cfg.signing_key.encode())
+        if self._state is not None:
+            self._state.save_pending(payload, update.seq)
         self.state = "publishing"
         await self.transport.publish(self.topics.update(cfg.node_id), payload, qos=1)
+        if self._state is not None:
+            self._state.clear_pending()  # PUBACK received: the broker holds it now
         self.updates_sent += 1
         self.bytes_up += len(payload)
         await self._publish_status()
+
+    async def _resume_pending(self) -> None:
+        """Publish an update a crash left unacknowledged, unless it has gone stale meanwhile."""
+        payload = self._state.pending() if self._state is not None else None
+        if payload is None:
+            return
+        assert self._state is not None and self.proxy is not None
+        if self.knowledge is None:  # retained knowledge normally arrives with the proxy set
+            await asyncio.sleep(1.0)
+        reason = ""
+        try:
+            update = decode(unwrap(payload)[0], self.limits)
+        except MessageError as exc:
+            update, reason = None, f"unreadable ({exc.reason})"
+        current = self.knowledge.version if self.knowledge else 0
+        if isinstance(update, Update):
+            if update.proxy_id != self.proxy.proxy_id:
+                reason = "built on another proxy set"
+            elif current - update.base_version > self.config.pending_max_staleness:
+                reason = (f"stale: built on version {update.base_version}, knowledge is at {current} "
+                          f"(> {self.config.pending_max_staleness} behind)")
+        elif not reason:
+            reason = "not an update"
+        if reason:
+            log.warning("%s: discarding the pending update left by a crash: %s", self.config.node_id, reason)
+        else:
+            log.info("%s: publishing the pending update left by a crash", self.config.node_id)
+            await self.transport.publish(self.topics.update(self.config.node_id), payload, qos=1)
+            self.updates_sent += 1
+            self.bytes_up += len(payload)
+        self._state.clear_pending()
 
     def _train(self, proxy_x: np.ndarray, teacher: np.ndarray | None, ids: np.ndarray | None) -> np.ndarray:
         from koala_async.learning.distill import predict_logits

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from koala_async.core.envelope import Status, encode
 from koala_async.errors import MessageError
+from koala_async.io.transport import BrokerAddress
 
 
 @dataclass
@@ -60,3 +61,14 @@ def limit_threads(threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def broker_address(url: str, *, username: str | None = None, password: str | None = None,
+                   ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
+                   tls_insecure: bool = False) -> BrokerAddress:
+    """A node's broker address from its config: credentials and TLS options override the URL's."""
+    address = BrokerAddress.parse(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
+                                  tls_insecure=tls_insecure)
+    if username:
+        address = replace(address, username=username, password=password)
+    return address

@@ -1,29 +1,40 @@
 """The server node: ingests client logits whenever they arrive, distills the large model, publishes
 knowledge. No rounds: each accepted arrival (or buffer of ``buffer_size`` arrivals) triggers a fusion
 and a few distillation steps, then a new knowledge version.
+
+Durability (with ``state_dir``): an update is journaled (fsync'd) before it is counted as accepted,
+and every new version is checkpointed (model, optimizer, fusion contributions, dedupe window,
+counters, not-yet-distilled arrivals) before it is published, so after a power cut the server resumes
+at no lower version and accepted count than it ever published. See :mod:`koala_async.io.durable`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
+import threading
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from koala_async.core.admission import AdmissionContext, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import (Knowledge, Limits, ProxySet, Status, Update, decode, encode)
-from koala_async.core.fusion import Fusion, FusionConfig
+from koala_async.core.envelope import Knowledge, Limits, ProxySet, Status, Update, decode, encode
+from koala_async.core.fusion import Contribution, Fusion, FusionConfig
+from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.staleness import StalenessPolicy
 from koala_async.core.topics import Topics, check_id
 from koala_async.core.trust import TierTrust, TrustConfig
-from koala_async.errors import MessageError
-from koala_async.io.transport import BrokerAddress, Transport, Will
-from koala_async.nodes.common import RejectCounter, SeqCounter, limit_threads, status_payload
+from koala_async.errors import ConfigError, MessageError
+from koala_async.io.durable import Journal, atomic_write
+from koala_async.io.transport import Transport, Will
+from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +70,16 @@ class ServerConfig:
     username: str | None = None
     password: str | None = None
     ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
     report_path: str | None = None
+    # Durability: checkpoint + journal directory (None = keep state in memory only), and how often an
+    # idle server checkpoints its counters (a new version is always checkpointed before publishing).
+    state_dir: str | None = None
+    checkpoint_interval: float = 30.0
+    # Signed updates: a JSON file {client id: key}; when set, unsigned or badly signed updates are refused.
+    keys_file: str | None = None
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node_id")
@@ -98,7 +118,15 @@ class ServerNode:
         self.online: dict[str, dict[str, Any]] = {}
         self.tier_trust = TierTrust(config.trust)
         self._seq = SeqCounter()
-        self._pending: list[tuple[Update, int]] = []
+        self._pending: list[tuple[Update, bytes]] = []  # accepted, not yet fused: (update, envelope)
+        self.keys: dict[str, bytes] | None = None
+        self.journal: Journal | None = None
+        self._model_lock = threading.Lock()  # the distill thread and checkpoint writes take turns
+        # One checkpoint write at a time, newest capture wins: a write cancelled on shutdown may still
+        # be running in its thread when the final one starts.
+        self._checkpoint_lock = threading.Lock()
+        self._checkpoint_from = 0
+        self._dirty = False
         self._arrived = asyncio.Event()
         self._started = time.monotonic()
         self._stack: AsyncExitStack | None = None
@@ -138,8 +166,15 @@ class ServerNode:
                                    temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
         self.knowledge_logits: np.ndarray | None = None
-        self.test_accuracy = self._evaluate()
-        self.metrics.timeline.append((0.0, 0, self.test_accuracy))
+        if cfg.keys_file:
+            self.keys = load_keys(cfg.keys_file)
+        if cfg.state_dir and (Path(cfg.state_dir) / CHECKPOINT).exists():
+            self._restore(Path(cfg.state_dir))
+        else:
+            self.test_accuracy = self._evaluate()
+            self.metrics.timeline.append((0.0, 0, self.test_accuracy))
+        if cfg.state_dir:
+            self._replay_journal(Path(cfg.state_dir))
 
     def _evaluate(self) -> float:
         from koala_async.learning.distill import accuracy
@@ -149,9 +184,11 @@ class ServerNode:
     async def __aenter__(self) -> ServerNode:
         await asyncio.to_thread(self._prepare)
         cfg = self.config
-        address = BrokerAddress.parse(cfg.broker, ca_file=cfg.ca_file)
-        if cfg.username:
-            address = BrokerAddress(**{**asdict(address), "username": cfg.username, "password": cfg.password})
+        if self._pending:
+            self._arrived.set()
+        address = broker_address(cfg.broker, username=cfg.username, password=cfg.password,
+                                 ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
+                                 tls_insecure=cfg.tls_insecure)
         will = Will(self.topics.server_status,
                     status_payload(cfg.node_id, 0, "server", False, "lost", {}))
         self._stack = AsyncExitStack()
@@ -177,6 +214,11 @@ class ServerNode:
         finally:
             assert self._stack is not None
             await self._stack.aclose()
+            if self.journal is not None:
+                # A distillation cancelled mid-way may still be running in its thread: the model lock
+                # makes the final checkpoint wait for it.
+                await asyncio.to_thread(self._write_checkpoint, self._capture(self.version))
+                self.journal.close()
             self._write_report()
             self._closed.set()
 
@@ -196,12 +238,14 @@ class ServerNode:
     async def _ingest(self) -> None:
         async for msg in self.transport.messages():
             client_id = self.topics.client_of(msg.topic)
+            is_update = not msg.topic.endswith("/status")
             try:
-                message = decode(msg.payload, self.limits)
+                envelope = verify(msg.payload, client_id, self.keys) if is_update else unwrap(msg.payload)[0]
+                message = decode(envelope, self.limits)
             except MessageError as exc:
                 self.rejects.error(exc, client_id or msg.topic)
                 continue
-            if msg.topic.endswith("/status"):
+            if not is_update:
                 if isinstance(message, Status) and message.sender == client_id:
                     self.online[message.sender] = {"online": message.online, "state": message.state,
                                                    **message.info}
@@ -217,13 +261,21 @@ class ServerNode:
             if not decision.accepted:
                 self.rejects.reject(decision.reason, f"seq={message.seq}", message.sender)
                 continue
-            self.seen.add(message.sender, message.seq)
-            self.metrics.accepted += 1
-            self.metrics.accepted_by_client[message.sender] = self.metrics.accepted_by_client.get(message.sender, 0) + 1
-            self.metrics.staleness_sum += decision.staleness
-            self.metrics.staleness_max = max(self.metrics.staleness_max, decision.staleness)
-            self._pending.append((message, self.version))
+            if self.journal is not None:
+                # Durable first, counted second: the published accepted count never runs ahead of disk.
+                self.journal.append(envelope)
+            self._record_accepted(message, envelope, decision.staleness)
             self._arrived.set()
+
+    def _record_accepted(self, update: Update, envelope: bytes, staleness: int) -> None:
+        self.seen.add(update.sender, update.seq)
+        m = self.metrics
+        m.accepted += 1
+        m.accepted_by_client[update.sender] = m.accepted_by_client.get(update.sender, 0) + 1
+        m.staleness_sum += staleness
+        m.staleness_max = max(m.staleness_max, staleness)
+        self._pending.append((update, envelope))
+        self._dirty = True
 
     def _admission_context(self) -> AdmissionContext:
         return AdmissionContext(version=self.version, proxy_id=self.proxy_id, n_proxy=len(self.proxy_x),
@@ -233,7 +285,13 @@ class ServerNode:
     async def _learn(self) -> None:
         cfg = self.config
         while True:
-            await self._arrived.wait()
+            try:
+                async with asyncio.timeout(cfg.checkpoint_interval if self.journal else None):
+                    await self._arrived.wait()
+            except TimeoutError:
+                if self._dirty:  # idle, but counters moved: persist them
+                    await asyncio.to_thread(self._write_checkpoint, self._capture(self.version))
+                continue
             if len(self._pending) < cfg.buffer_size:
                 # A partial buffer is flushed after a short wait so a quiet federation still learns.
                 try:
@@ -259,6 +317,9 @@ class ServerNode:
             steps = cfg.distill_steps * min(len(batch), max(4, cfg.buffer_size))
             await asyncio.to_thread(self._distill_step, targets, mask, steps)
             self.metrics.distill_seconds += time.perf_counter() - started
+            if self.journal is not None:
+                # The new version is durable before anyone can see it.
+                await asyncio.to_thread(self._write_checkpoint, self._capture(self.version + 1))
             self.version += 1
             self.metrics.timeline.append((round(time.monotonic() - self._started, 3), self.version,
                                           self.test_accuracy))
@@ -272,9 +333,10 @@ class ServerNode:
     def _distill_step(self, targets: np.ndarray, mask: np.ndarray, steps: int) -> None:
         from koala_async.learning.distill import predict_logits
 
-        self.distiller.distill(self.proxy_x, targets, mask, steps)
-        self.knowledge_logits = predict_logits(self.distiller.model, self.proxy_x).astype(np.float16)
-        self.test_accuracy = self._evaluate()
+        with self._model_lock:
+            self.distiller.distill(self.proxy_x, targets, mask, steps)
+            self.knowledge_logits = predict_logits(self.distiller.model, self.proxy_x).astype(np.float16)
+            self.test_accuracy = self._evaluate()
 
     async def _heartbeat(self) -> None:
         while True:
@@ -325,3 +387,98 @@ class ServerNode:
 
         report = {**self.snapshot(), "timeline": self.metrics.timeline}
         Path(self.config.report_path).write_text(json.dumps(report, indent=2))
+
+    # -- durability ------------------------------------------------------------------------------
+
+    def _capture(self, version: int) -> dict[str, Any]:
+        """The server's state as of now (on the event loop, so no arrival slips in half-way).
+
+        Starts a new journal segment: records from here on are not covered by this checkpoint.
+        """
+        assert self.journal is not None
+        journal_from = self.journal.rotate()
+        self._dirty = False
+        metrics = asdict(self.metrics)
+        return {
+            "format": CHECKPOINT_FORMAT, "version": version, "proxy_id": self.proxy_id,
+            "large_model": self.large_name, "journal_from": journal_from,
+            "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
+            "fusion": [asdict(c) for c in self.fusion.contributions.values()],
+            "seen": self.seen.to_state(), "metrics": metrics, "rejected": dict(self.rejects.counts),
+            "pending": [envelope for _, envelope in self._pending], "seq": self._seq.value,
+        }
+
+    def _write_checkpoint(self, state: dict[str, Any]) -> None:
+        """Serialise ``state`` plus model and optimizer, replace the checkpoint atomically, then drop
+        the journal segments it covers (blocking; runs in a thread)."""
+        import torch
+
+        assert self.journal is not None and self.config.state_dir
+        with self._checkpoint_lock:
+            if state["journal_from"] < self._checkpoint_from:
+                return  # a later capture is already on disk; this one would roll it back
+            with self._model_lock:
+                state = {**state, "model": self.distiller.model.state_dict(),
+                         "optimizer": self.distiller.optimizer.state_dict(),
+                         "steps_done": self.distiller.steps_done}
+                buffer = io.BytesIO()
+                torch.save(state, buffer)
+            atomic_write(Path(self.config.state_dir) / CHECKPOINT, buffer.getvalue())
+            self._checkpoint_from = state["journal_from"]
+            self.journal.drop_before(state["journal_from"])
+        log.debug("checkpoint at version %d (%d accepted)", state["version"], state["metrics"]["accepted"])
+
+    def _restore(self, state_dir: Path) -> None:
+        import torch
+
+        path = state_dir / CHECKPOINT
+        state = torch.load(path, weights_only=False)  # our own file, written by _write_checkpoint
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint format {state.get('format')!r} is not {CHECKPOINT_FORMAT}",
+                              source=str(path))
+        if state["proxy_id"] != self.proxy_id or state["large_model"] != self.large_name:
+            raise ConfigError(f"checkpoint is for proxy {state['proxy_id']} / {state['large_model']}, this "
+                              f"server has {self.proxy_id} / {self.large_name}: move {state_dir} away to "
+                              "start afresh", source=str(path))
+        self.distiller.model.load_state_dict(state["model"])
+        self.distiller.optimizer.load_state_dict(state["optimizer"])
+        self.distiller.steps_done = state["steps_done"]
+        self.version = state["version"]
+        self.knowledge_logits = state["knowledge_logits"]
+        self.test_accuracy = state["test_accuracy"]
+        for item in state["fusion"]:
+            self.fusion.contributions[item["sender"]] = Contribution(**item)
+        self.seen = SeqWindow.from_state(state["seen"])
+        metrics = state["metrics"]
+        metrics["timeline"] = [tuple(t) for t in metrics["timeline"]]
+        self.metrics = ServerMetrics(**metrics)
+        self.rejects.counts = Counter(state["rejected"])
+        self._seq = SeqCounter(max(state["seq"], SeqCounter().value))
+        for envelope in state["pending"]:
+            update = decode(envelope, self.limits)
+            assert isinstance(update, Update)
+            self._pending.append((update, envelope))
+        self._journal_from = state["journal_from"]
+        log.info("resumed from %s: version %d, %d accepted, %d pending", path, self.version,
+                 self.metrics.accepted, len(self._pending))
+
+    def _replay_journal(self, state_dir: Path) -> None:
+        """Re-admit updates accepted after the last checkpoint, then open a fresh journal segment."""
+        self.journal = Journal(state_dir)
+        replayed = 0
+        for envelope in self.journal.replay(getattr(self, "_journal_from", 0)):
+            try:
+                update = decode(envelope, self.limits)
+            except MessageError as exc:  # cannot happen for records we wrote; do not die over it
+                log.warning("journal record skipped: %s", exc)
+                continue
+            if not isinstance(update, Update) or self.seen.seen(update.sender, update.seq):
+                continue
+            self._record_accepted(update, envelope, max(self.version - update.base_version, 0))
+            replayed += 1
+        if replayed:
+            log.info("replayed %d accepted updates from the journal", replayed)
+
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1

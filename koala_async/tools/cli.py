@@ -60,6 +60,28 @@ def _overrides(args: argparse.Namespace, mapping: dict[str, str]) -> dict[str, A
     return {key: getattr(args, attr) for attr, key in mapping.items() if getattr(args, attr, None) is not None}
 
 
+# CLI attribute -> config key, for the broker credential and TLS flags every node takes.
+_SECURITY_FLAGS = {"username": "username", "password": "password", "ca_file": "ca_file",
+                   "cert_file": "cert_file", "key_file": "key_file", "tls_insecure": "tls_insecure"}
+
+
+def _add_security_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--username", help="broker username (use the node id: the shipped ACL relies on it)")
+    p.add_argument("--password", help="broker password")
+    p.add_argument("--ca-file", help="CA bundle for mqtts:// brokers")
+    p.add_argument("--cert-file", help="client certificate (mutual TLS)")
+    p.add_argument("--key-file", help="client certificate key")
+    p.add_argument("--tls-insecure", action="store_true", default=None,
+                   help="do not verify the broker certificate (testing only)")
+    p.add_argument("--state-dir", help="keep crash-safe state here (checkpoints, pending update)")
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    from koala_async.tools.robustness import main as robustness_main
+
+    return robustness_main(args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -98,7 +120,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     table, text, source = _load_node_table(args.config, "server")
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "dataset": "dataset",
                                    "id": "node_id", "report": "report_path", "proxy": "proxy_path",
-                                   "test": "test_path"}))
+                                   "test": "test_path", **_SECURITY_FLAGS, "state_dir": "state_dir",
+                                   "keys_file": "keys_file"}))
     config = load_into(ServerConfig, table, source=source, text=text, prefix="server" if source else "")
 
     async def main() -> None:
@@ -117,7 +140,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     table, text, source = _load_node_table(args.config, "client")
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "id": "node_id",
                                    "data": "data_path", "dataset": "dataset", "shard": "shard",
-                                   "num_shards": "num_shards", "tier": "tier", "max_updates": "max_updates"}))
+                                   "num_shards": "num_shards", "tier": "tier", "max_updates": "max_updates",
+                                   **_SECURITY_FLAGS, "state_dir": "state_dir"}))
     config = load_into(ClientConfig, table, source=source, text=text, prefix="client" if source else "")
 
     async def main() -> None:
@@ -186,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy", help=".npz with x: the proxy inputs")
     p.add_argument("--test", help=".npz with x and y: the held-out test set")
     p.add_argument("--report", help="write a JSON report here on shutdown")
+    p.add_argument("--keys-file", help="JSON {client id: key}: require HMAC-signed updates")
+    _add_security_flags(p)
     p.set_defaults(func=cmd_server)
 
     p = sub.add_parser("client", help="run a client node")
@@ -200,7 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier")
     p.add_argument("--max-updates", type=int)
     p.add_argument("--exit-when-done", action="store_true", help="exit after max-updates updates")
+    _add_security_flags(p)
     p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("robustness", help="robust vs mean fusion with adversarial clients (in-process)")
+    p.add_argument("--clients", type=int, default=10)
+    p.add_argument("--adversaries", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write the results here")
+    p.set_defaults(func=cmd_robustness)
     return parser
 
 
