@@ -75,6 +75,7 @@ class ServerMetrics:
     distill_seconds: float = 0.0
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     accepted_by_client: dict[str, int] = field(default_factory=dict)
+    staleness_hist: dict[str, int] = field(default_factory=dict)  # "0".."31", "32+": bounded
 
     @property
     def staleness_mean(self) -> float:
@@ -219,6 +220,8 @@ class ServerNode:
             self.metrics.accepted_by_client[message.sender] = self.metrics.accepted_by_client.get(message.sender, 0) + 1
             self.metrics.staleness_sum += decision.staleness
             self.metrics.staleness_max = max(self.metrics.staleness_max, decision.staleness)
+            bucket = str(decision.staleness) if decision.staleness < 32 else "32+"
+            self.metrics.staleness_hist[bucket] = self.metrics.staleness_hist.get(bucket, 0) + 1
             self._pending.append((message, self.version))
             self._arrived.set()
 
@@ -298,6 +301,7 @@ class ServerNode:
             "rejected": dict(self.rejects.counts),
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
+            "staleness_hist": dict(m.staleness_hist),
             "pending": len(self._pending),
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,
