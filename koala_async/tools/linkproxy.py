@@ -21,6 +21,7 @@ class LinkProxy:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -34,6 +35,10 @@ class LinkProxy:
         assert self._server is not None
         self._server.close()
         self._drop_all()
+        # Let the connection handlers see their links closed and end on their own, rather than be
+        # cancelled at loop shutdown.
+        if self._handlers:
+            await asyncio.wait(self._handlers, timeout=2.0)
 
     def cut(self) -> None:
         self.cut_active = True
@@ -57,6 +62,10 @@ class LinkProxy:
             writer.close()  # the broker is down: the client sees a refused link, as it would directly
             return
         self.connections += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+            task.add_done_callback(self._handlers.discard)
         self._writers.update((writer, up_writer))
         pipes = [asyncio.ensure_future(self._pipe(reader, up_writer)),
                  asyncio.ensure_future(self._pipe(up_reader, writer))]
