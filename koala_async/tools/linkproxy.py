@@ -70,7 +70,7 @@ class LinkProxy:
         pipes = [asyncio.ensure_future(self._pipe(reader, up_writer)),
                  asyncio.ensure_future(self._pipe(up_reader, writer))]
         # Owned here: whichever direction ends first ends both, then both writers close.
-        done, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+        _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         for w in (writer, up_writer):

@@ -29,7 +29,7 @@ from koala_async.tools.display import RunView
 from koala_async.tools.linkproxy import LinkProxy
 from koala_async.tools.processes import NodeProcess, ProcessSet
 from koala_async.tools.scenario import Scenario
-from koala_async.tools.timeline import DOWN_ACTIONS, Event, Scheduler
+from koala_async.tools.timeline import Event, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -302,4 +302,4 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
     }
 
 
-__all__ = ["run_scenario", "build_report", "Observer", "KoalaError"]
+__all__ = ["KoalaError", "Observer", "build_report", "run_scenario"]

@@ -14,8 +14,14 @@ from typing import Any
 
 from koala_async.config import find_line, load_into, read_toml
 from koala_async.errors import ConfigError
-from koala_async.tools.timeline import (ACTIONS, Event, absent_at_start, availability_events, load_trace,
-                                       resolve_target)
+from koala_async.tools.timeline import (
+    ACTIONS,
+    Event,
+    absent_at_start,
+    availability_events,
+    load_trace,
+    resolve_target,
+)
 
 BROKER_KINDS = ("embedded", "mosquitto", "external")
 ASSERTION_KINDS = ("final_accuracy", "max_staleness", "nothing_accepted_lost",

@@ -40,7 +40,7 @@ class Event:
 
     @staticmethod
     def expand(at: float, action: str, targets: list[str], duration: float, origin: str = "") -> list[Event]:
-        out = []
+        out: list[Event] = []
         for n, (offset, primitive) in enumerate(ACTIONS[action]):
             when = at + (duration if offset == "d" else 0.0)
             out.extend(Event(when, primitive, t, origin, n) for t in targets)

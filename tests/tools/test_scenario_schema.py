@@ -104,7 +104,8 @@ def test_cli_typo_exits_2_before_starting_anything(tmp_path: Path) -> None:
     path = write(tmp_path, '\n[[events]]\nat = 5\naction = "crash"\ntargett = "client-0"\n')
     workdir = tmp_path / "work"
     done = subprocess.run([sys.executable, "-m", "koala_async", "run", str(path), "--quiet",
-                           "--workdir", str(workdir)], capture_output=True, text=True, timeout=60)
+                           "--workdir", str(workdir)], check=False, capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 2
     assert "events[0].targett" in done.stderr and ":14" in done.stderr
     assert not workdir.exists()  # no broker, no node: nothing was started
