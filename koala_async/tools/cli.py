@@ -68,6 +68,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from koala_async.tools.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, broker=args.broker)  # fails fast: nothing started yet
+    # SIGTERM (a CI job being cancelled) unwinds like Ctrl-C, so every started process is reaped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The runner's own broker link drops on a broker restart by design; the view shows the events.
+    logging.getLogger("koala_async.io.transport").setLevel(logging.ERROR)
     report, code = run_async(run_scenario(scenario, report_path=args.report, quiet=args.quiet,
                                           workdir=args.workdir, plot_path=args.plot,
                                           local_reference=not args.no_reference))

@@ -34,7 +34,8 @@ class NodeProcess:
             cfg_path = self.workdir / f"{self.name}.json"
             cfg_path.write_text(json.dumps({self.role: self.config}, indent=2))
             argv = [sys.executable, "-m", "koala_async", self.role, "--config", str(cfg_path)]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        # KOALA_RUN_DIR tags every process of a run (tests find leftovers by it in /proc/*/environ).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "KOALA_RUN_DIR": str(self.workdir)}
         log = self.log_path.open("ab")
         self.expected_down = False
         self.proc = subprocess.Popen(

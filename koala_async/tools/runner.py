@@ -106,6 +106,7 @@ class Run:
         self.started_at: dict[str, float] = {}
         self.paused: set[str] = set()
         self.log: list[dict[str, Any]] = []
+        self.last_event_at = 0.0
 
     def start(self, name: str) -> None:
         self.processes.start(name)
@@ -148,6 +149,7 @@ class Run:
             proxy = self.proxies[event.target]
             proxy.cut() if event.action == "cut" else proxy.restore()
         self.log.append(entry)
+        self.last_event_at = obs.elapsed()
         self.view.event(entry["at"], event.describe() + (f" [skipped: {entry['skipped']}]"
                                                          if "skipped" in entry else ""))
 
@@ -161,7 +163,8 @@ class Run:
     def finished(self, expected: dict[str, int]) -> bool:
         obs, srv = self.observer, self.observer.server
         server = self.processes.nodes["server"]
-        if not server.alive or obs.server_status_at < self.started_at.get("server", 0):
+        # The server must have spoken since it (re)started and since the timeline's last event.
+        if not server.alive or obs.server_status_at < max(self.started_at.get("server", 0), self.last_event_at):
             return False
         for cid, target in expected.items():
             node = self.processes.nodes[cid]

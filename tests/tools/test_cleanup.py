@@ -39,16 +39,19 @@ min = 1.01               # cannot hold
 """
 
 
-def processes_mentioning(text: str) -> list[int]:
+def processes_mentioning(workdir: str) -> list[int]:
+    """Live processes tagged with this run's KOALA_RUN_DIR (every process the runner starts is)."""
+    tag = f"KOALA_RUN_DIR={workdir}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if text in cmdline:
+        if tag in environ and state != "Z":
             found.append(int(entry.name))
     return found
 
@@ -72,4 +75,29 @@ def test_failed_assertion_leaves_no_process(tmp_path: Path) -> None:
     assert report["assertions"][0]["passed"] is False
     assert len(report["pids"]) == 4  # broker, server, two clients
     assert not [pid for pid in report["pids"] if alive(pid)]
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_interrupted_run_leaves_no_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.replace("min = 1.01", "min = 0.0"))
+    workdir = tmp_path / "work"
+    runner = subprocess.Popen([sys.executable, "-m", "koala_async", "run", str(path), "--quiet",
+                               "--no-reference", "--workdir", str(workdir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(processes_mentioning(str(workdir))) < 4:
+            time.sleep(0.2)
+        assert len(processes_mentioning(str(workdir))) == 4  # broker, server, two clients
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(30) != 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
     assert processes_mentioning(str(workdir)) == []
