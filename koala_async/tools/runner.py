@@ -177,6 +177,19 @@ class Run:
         return srv.get("pending", 1) == 0 and settled
 
 
+def _with_server_state(config: dict[str, Any], workpath: Path) -> dict[str, Any]:
+    """Give the server a state directory in the run's work dir when its config has one (server
+    checkpoints), so a restarted server process finds what the crashed one saved."""
+    import dataclasses
+
+    from koala_async.nodes.server import ServerConfig
+
+    names = {f.name for f in dataclasses.fields(ServerConfig)}
+    if "state_dir" in names and "state_dir" not in config:
+        return {**config, "state_dir": str(workpath / "server-state")}
+    return config
+
+
 async def run_scenario(scenario: Scenario, *, report_path: str | None = None, quiet: bool = False,
                        workdir: str | None = None, plot_path: str | None = None,
                        local_reference: bool = True) -> tuple[dict[str, Any], int]:
@@ -209,7 +222,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
             if event.action == "cut" and event.target not in proxies:
                 proxies[event.target] = await stack.enter_async_context(
                     LinkProxy(BrokerAddress.parse(url).port))
-        server_cfg = scenario.server_config(url)
+        server_cfg = _with_server_state(scenario.server_config(url), workpath)
         client_cfgs = [{**c, "broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else c
                        for c in scenario.client_configs(url)]
         view.event(observer.elapsed(), f"{scenario.broker.kind} broker at {url}; work dir {workpath}")
