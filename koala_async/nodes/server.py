@@ -97,6 +97,7 @@ class ServerMetrics:
     distill_seconds: float = 0.0
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     accepted_by_client: dict[str, int] = field(default_factory=dict)
+    staleness_hist: dict[str, int] = field(default_factory=dict)  # "0".."31", "32+": bounded
 
     @property
     def staleness_mean(self) -> float:
@@ -274,6 +275,8 @@ class ServerNode:
         m.accepted_by_client[update.sender] = m.accepted_by_client.get(update.sender, 0) + 1
         m.staleness_sum += staleness
         m.staleness_max = max(m.staleness_max, staleness)
+        bucket = str(staleness) if staleness < 32 else "32+"
+        m.staleness_hist[bucket] = m.staleness_hist.get(bucket, 0) + 1
         self._pending.append((update, envelope))
         self._dirty = True
 
@@ -367,6 +370,7 @@ class ServerNode:
             "rejected": dict(self.rejects.counts),
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
+            "staleness_hist": dict(m.staleness_hist),
             "pending": len(self._pending),
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,

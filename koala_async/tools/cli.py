@@ -85,19 +85,28 @@ def cmd_robustness(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from koala_async.tools.display import summary_table
+    from koala_async.tools.display import assertions_table, summary_table
     from koala_async.tools.runner import run_scenario
     from koala_async.tools.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario)
+    scenario = load_scenario(args.scenario, broker=args.broker)  # fails fast: nothing started yet
+    # SIGTERM (a CI job being cancelled) unwinds like Ctrl-C, so every started process is reaped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # The runner's own broker link drops on a broker restart by design; the view shows the events.
+    logging.getLogger("koala_async.io.transport").setLevel(logging.ERROR)
     report, code = run_async(run_scenario(scenario, report_path=args.report, quiet=args.quiet,
-                                          workdir=args.workdir))
+                                          workdir=args.workdir, plot_path=args.plot,
+                                          local_reference=not args.no_reference))
     console = Console()
     console.print(summary_table(report))
+    console.print(assertions_table(report))
     if report.get("failure"):
         console.print(f"[red]run did not complete: {report['failure']}[/]")
+    console.print("[green]PASS[/]" if code == 0 else "[red]FAIL[/]")
     if args.report:
         console.print(f"report written to {args.report}")
+    if args.plot:
+        console.print(f"plot written to {args.plot}")
     return code
 
 
@@ -187,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--quiet", action="store_true", help="no live view; a progress line every few seconds")
     p.add_argument("--workdir", help="where node configs and logs go (default: a temp dir)")
+    p.add_argument("--plot", help="write a PNG plot here (accuracy with events, updates, staleness)")
+    p.add_argument("--broker", help="override the scenario's broker: embedded, mosquitto or mqtt://HOST:PORT")
+    p.add_argument("--no-reference", action="store_true", help="skip the local-only reference training")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tiers", help="print the measured client tier catalog and its savings vs the large model")

@@ -36,8 +36,13 @@ class RunView:
         if self._live is None:
             self.console.print(line, highlight=False)
 
-    def update(self, elapsed: float, server: dict[str, Any], clients: dict[str, dict[str, Any]]) -> None:
+    def update(self, elapsed: float, server: dict[str, Any], clients: dict[str, dict[str, Any]],
+               online_processes: int | None = None) -> None:
+        # What the broker says (retained status, last wills) unless the runner knows better: a
+        # SIGSTOPped client still looks online until its keepalive runs out.
         online = sum(1 for c in clients.values() if c.get("online"))
+        if online_processes is not None:
+            online = min(online, online_processes)
         accuracy = server.get("test_accuracy")
         acc = f"{accuracy:.3f}" if isinstance(accuracy, float) else "-"
         rejected = sum(server.get("rejected", {}).values())
@@ -69,7 +74,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     lm = report["large_model"]
     rows = [
         ("large model held-out accuracy", f"{lm['test_accuracy']:.3f}"),
-        ("local-only mean accuracy", f"{report['local_only']['mean_test_accuracy']:.3f}"),
+        ("local-only mean accuracy", f"{report['local_only']['mean_test_accuracy']:.3f}"
+         if report["local_only"]["mean_test_accuracy"] is not None else "-"),
         ("server versions", str(lm["version"])),
         ("updates accepted", str(report["updates"]["accepted"])),
         ("updates rejected", str(sum(report["updates"]["rejected"].values()))),
@@ -79,4 +85,16 @@ def summary_table(report: dict[str, Any]) -> Table:
     ]
     for k, v in rows:
         table.add_row(k, v)
+    return table
+
+
+def assertions_table(report: dict[str, Any]) -> Table:
+    table = Table(title="assertions", show_header=True)
+    for col in ("assertion", "result", "measured", "threshold", "detail"):
+        table.add_column(col)
+    for a in report.get("assertions", []):
+        value = a["value"]
+        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+        table.add_row(a["name"], "[green]pass[/]" if a["passed"] else "[red]FAIL[/]", shown,
+                      str(a["threshold"]), a.get("detail", ""))
     return table

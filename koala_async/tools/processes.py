@@ -21,18 +21,25 @@ class NodeProcess:
     workdir: Path
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    argv: list[str] | None = None  # a command of its own (a broker); default: koala <role> --config
+    expected_down: bool = False  # the runner stopped it on purpose: its exit is no failure
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.log_path = self.workdir / f"{self.name}.log"
 
     def start(self) -> None:
-        cfg_path = self.workdir / f"{self.name}.json"
-        cfg_path.write_text(json.dumps({self.role: self.config}, indent=2))
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        argv = self.argv
+        if argv is None:
+            cfg_path = self.workdir / f"{self.name}.json"
+            cfg_path.write_text(json.dumps({self.role: self.config}, indent=2))
+            argv = [sys.executable, "-m", "koala_async", self.role, "--config", str(cfg_path)]
+        # KOALA_RUN_DIR tags every process of a run (tests find leftovers by it in /proc/*/environ).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "KOALA_RUN_DIR": str(self.workdir)}
         log = self.log_path.open("ab")
+        self.expected_down = False
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "koala_async", self.role, "--config", str(cfg_path)],
+            argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True)  # its own process group: a Ctrl-C to the runner does not reach it
         log.close()
@@ -80,23 +87,38 @@ class ProcessSet:
 
     def __init__(self) -> None:
         self.nodes: dict[str, NodeProcess] = {}
+        self._all_pids: set[int] = set()
 
     def add(self, node: NodeProcess) -> NodeProcess:
         self.nodes[node.name] = node
         return node
 
+    def start(self, name: str) -> None:
+        """(Re)start ``name``, first reaping a previous incarnation."""
+        node = self.nodes[name]
+        if node.proc is not None and node.proc.poll() is None:
+            return
+        node.start()
+        assert node.proc is not None
+        self._all_pids.add(node.proc.pid)
+
     def close(self, grace: float = 5.0) -> None:
-        deadline = time.monotonic() + grace
-        for node in self.nodes.values():
-            node.signal(signal.SIGCONT)
-            node.signal(signal.SIGTERM)
-        for node in self.nodes.values():
-            if node.proc is None:
-                continue
-            try:
-                node.proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                node.kill()
+        """SIGTERM everything (nodes first, the broker last so nodes can still say goodbye), wait up to
+        ``grace`` seconds, SIGKILL what is left, and reap it all."""
+        nodes = sorted(self.nodes.values(), key=lambda n: n.role == "broker")
+        for group in ([n for n in nodes if n.role != "broker"], [n for n in nodes if n.role == "broker"]):
+            deadline = time.monotonic() + grace
+            for node in group:
+                node.signal(signal.SIGCONT)  # a stopped (straggling) process cannot handle SIGTERM
+                node.signal(signal.SIGTERM)
+            for node in group:
+                if node.proc is None:
+                    continue
+                try:
+                    node.proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    node.kill()
 
     def pids(self) -> list[int]:
-        return [n.proc.pid for n in self.nodes.values() if n.proc is not None]
+        """Every pid this set ever started (restarts included), for checking that none survive."""
+        return list(self._all_pids)

@@ -1,9 +1,10 @@
 """Play a scenario against real processes and a real broker, and report.
 
-The runner starts the broker (embedded amqtt in this process, or an external URL), one OS process per
-node, watches the federation over MQTT (the retained status topics), stops when every client has made
-its updates and the server has settled (or the scenario's duration runs out), and always reaps every
-process it started, also on Ctrl-C or an error.
+The runner starts the broker as its own process (embedded amqtt via ``koala broker``, or Mosquitto;
+or uses an external URL), one OS process per node, plays the scenario's timeline with real signals
+(SIGTERM, SIGKILL, SIGSTOP/SIGCONT), restarts and TCP cuts, watches the federation over MQTT (the
+retained status topics), checks the scenario's assertions, and always reaps every process it started,
+also on Ctrl-C, an error or a failed assertion.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import tempfile
 import time
 from contextlib import AsyncExitStack
@@ -20,11 +22,14 @@ from typing import Any
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
-from koala_async.io.broker import EmbeddedBroker
 from koala_async.io.transport import BrokerAddress, Transport
+from koala_async.tools.assertions import evaluate
+from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
+from koala_async.tools.linkproxy import LinkProxy
 from koala_async.tools.processes import NodeProcess, ProcessSet
 from koala_async.tools.scenario import Scenario
+from koala_async.tools.timeline import Event, Scheduler
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +42,12 @@ class Observer:
         self.started = started
         self.server: dict[str, Any] = {}
         self.server_online = False
+        self.server_status_at = -1.0  # elapsed time of the last server status with counters
         self.clients: dict[str, dict[str, Any]] = {}
+        self.client_status_at: dict[str, float] = {}
         self.timeline: list[tuple[float, int, float]] = []
+        self.samples: list[dict[str, Any]] = []  # one per server status: the run's own time series
+        self.staleness_max_seen = 0
         self.last_version_change = time.monotonic()
         self.malformed = 0
 
@@ -53,22 +62,29 @@ class Observer:
             return
         if not isinstance(msg, Status):
             return
+        now = round(self.elapsed(), 3)
         if topic == self.topics.server_status:
             self.server_online = msg.online
             if not msg.info:
                 return
             version = msg.info.get("version", 0)
+            acc = msg.info.get("test_accuracy")
             if version != self.server.get("version"):
                 self.last_version_change = time.monotonic()
-                acc = msg.info.get("test_accuracy")
                 if isinstance(acc, float):
-                    self.timeline.append((round(self.elapsed(), 3), version, acc))
+                    self.timeline.append((now, version, acc))
             self.server = msg.info
+            self.server_status_at = now
+            self.staleness_max_seen = max(self.staleness_max_seen, int(msg.info.get("staleness_max", 0)))
+            self.samples.append({"t": now, "version": version, "accuracy": acc,
+                                 "accepted": msg.info.get("accepted", 0), "online": msg.online,
+                                 "accepted_by_client": dict(msg.info.get("accepted_by_client", {}))})
         else:
             cid = self.topics.client_of(topic)
             if cid is not None:
                 self.clients[cid] = {**self.clients.get(cid, {}), **msg.info, "online": msg.online,
                                      "state": msg.state}
+                self.client_status_at[cid] = now
 
 
 async def _watch(transport: Transport, observer: Observer) -> None:
@@ -76,22 +92,108 @@ async def _watch(transport: Transport, observer: Observer) -> None:
         observer.feed(msg.topic, msg.payload)
 
 
-def _finished(scenario: Scenario, observer: Observer, expected: dict[str, int]) -> bool:
-    if not expected:
-        return False
-    for cid, target in expected.items():
-        if observer.clients.get(cid, {}).get("updates_sent", 0) < target:
+class Run:
+    """The state of one run: its processes, link proxies, observer and event log."""
+
+    def __init__(self, scenario: Scenario, processes: ProcessSet, observer: Observer, view: RunView,
+                 proxies: dict[str, LinkProxy], broker_port: int | None) -> None:
+        self.scenario = scenario
+        self.processes = processes
+        self.observer = observer
+        self.view = view
+        self.proxies = proxies
+        self.broker_port = broker_port
+        self.started_at: dict[str, float] = {}
+        self.paused: set[str] = set()
+        self.log: list[dict[str, Any]] = []
+        self.last_event_at = 0.0
+
+    def start(self, name: str) -> None:
+        self.processes.start(name)
+        self.started_at[name] = self.observer.elapsed()
+
+    async def apply(self, event: Event) -> None:
+        obs = self.observer
+        node = self.processes.nodes.get(event.target)
+        entry: dict[str, Any] = {"at": round(obs.elapsed(), 2), "scheduled": event.at, "action": event.action,
+                                 "target": event.target, "origin": event.origin,
+                                 "server_accepted": obs.server.get("accepted", 0),
+                                 "server_version": obs.server.get("version", 0),
+                                 "accepted_by_client": dict(obs.server.get("accepted_by_client", {})),
+                                 "alive": sorted(n for n, p in self.processes.nodes.items()
+                                                 if p.alive and p.role == "client" and n not in self.paused)}
+        if node is None:
+            entry["skipped"] = f"no such node {event.target!r}"
+        elif event.action == "start":
+            if node.alive:
+                entry["skipped"] = "already running"
+            else:
+                self.start(event.target)
+                if node.role == "broker" and self.broker_port:
+                    await asyncio.to_thread(wait_listening, self.broker_port, node)
+        elif event.action in ("stop", "kill"):
+            node.expected_down = True
+            self.paused.discard(event.target)
+            if event.action == "stop":
+                await asyncio.to_thread(node.stop)
+            else:
+                node.signal(signal.SIGKILL)
+                await asyncio.to_thread(node.kill)
+        elif event.action == "pause":
+            node.signal(signal.SIGSTOP)
+            self.paused.add(event.target)
+        elif event.action == "resume":
+            node.signal(signal.SIGCONT)
+            self.paused.discard(event.target)
+        elif event.action in ("cut", "restore"):
+            proxy = self.proxies[event.target]
+            proxy.cut() if event.action == "cut" else proxy.restore()
+        self.log.append(entry)
+        self.last_event_at = obs.elapsed()
+        self.view.event(entry["at"], event.describe() + (f" [skipped: {entry['skipped']}]"
+                                                         if "skipped" in entry else ""))
+
+    def failure(self) -> str:
+        """A node that died without the timeline asking for it."""
+        for node in self.processes.nodes.values():
+            if node.proc is not None and not node.alive and not node.expected_down:
+                return f"{node.name} exited with code {node.proc.returncode}\n{node.tail(8)}"
+        return ""
+
+    def finished(self, expected: dict[str, int]) -> bool:
+        obs, srv = self.observer, self.observer.server
+        server = self.processes.nodes["server"]
+        # The server must have spoken since it (re)started and since the timeline's last event.
+        if not server.alive or obs.server_status_at < max(self.started_at.get("server", 0), self.last_event_at):
             return False
-    sent = sum(c.get("updates_sent", 0) for c in observer.clients.values())
-    srv = observer.server
-    received = srv.get("accepted", 0) + sum(srv.get("rejected", {}).values())
-    settled = time.monotonic() - observer.last_version_change >= scenario.federation.settle
-    return received >= sent and srv.get("pending", 1) == 0 and settled
+        for cid, target in expected.items():
+            node = self.processes.nodes[cid]
+            if not node.alive or cid in self.paused:
+                continue
+            fresh = obs.client_status_at.get(cid, -1) >= self.started_at.get(cid, 0)
+            if not fresh or obs.clients.get(cid, {}).get("updates_sent", 0) < target:
+                return False
+        settled = time.monotonic() - obs.last_version_change >= self.scenario.federation.settle
+        return srv.get("pending", 1) == 0 and settled
+
+
+def _with_server_state(config: dict[str, Any], workpath: Path) -> dict[str, Any]:
+    """Give the server a state directory in the run's work dir when its config has one (server
+    checkpoints), so a restarted server process finds what the crashed one saved."""
+    import dataclasses
+
+    from koala_async.nodes.server import ServerConfig
+
+    names = {f.name for f in dataclasses.fields(ServerConfig)}
+    if "state_dir" in names and "state_dir" not in config:
+        return {**config, "state_dir": str(workpath / "server-state")}
+    return config
 
 
 async def run_scenario(scenario: Scenario, *, report_path: str | None = None, quiet: bool = False,
-                       workdir: str | None = None) -> tuple[dict[str, Any], int]:
-    """Run ``scenario``; returns (report, exit code)."""
+                       workdir: str | None = None, plot_path: str | None = None,
+                       local_reference: bool = True) -> tuple[dict[str, Any], int]:
+    """Run ``scenario``; returns (report, exit code): 0 when it completed and every assertion held."""
     started = time.monotonic()
     workpath = Path(workdir or tempfile.mkdtemp(prefix="koala-run-"))
     workpath.mkdir(parents=True, exist_ok=True)
@@ -100,59 +202,93 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
     observer = Observer(topics, started)
     completed = False
     failure = ""
+    fed = scenario.federation
+    scheduler = Scheduler(scenario.timeline)
     async with AsyncExitStack() as stack:
-        stack.callback(processes.close)
-        if scenario.broker.kind == "embedded":
-            broker = await stack.enter_async_context(EmbeddedBroker())
-            url = broker.url
-        else:
+        stack.callback(processes.close)  # registered first: runs last, whatever happened
+        view = stack.enter_context(RunView(f"koala run {fed.name}", quiet=quiet))
+        broker_port = None
+        if scenario.broker.kind == "external":
             assert scenario.broker.url is not None
             url = scenario.broker.url
-        server_cfg = scenario.server_config(url)
-        client_cfgs = scenario.client_configs(url)
-        view = stack.enter_context(RunView(f"koala run {scenario.federation.name}", quiet=quiet))
-        view.event(0, f"broker at {url}; work dir {workpath}")
+        else:
+            node, url = broker_process(scenario.broker.kind, workpath, scenario.broker.mosquitto)
+            processes.add(node)
+            broker_port = BrokerAddress.parse(url).port
+            processes.start("broker")
+            await asyncio.to_thread(wait_listening, broker_port, node)
+        proxies: dict[str, LinkProxy] = {}
+        for event in scenario.timeline:
+            if event.action == "cut" and event.target not in proxies:
+                proxies[event.target] = await stack.enter_async_context(
+                    LinkProxy(BrokerAddress.parse(url).port))
+        server_cfg = _with_server_state(scenario.server_config(url), workpath)
+        client_cfgs = [{**c, "broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else c
+                       for c in scenario.client_configs(url)]
+        view.event(observer.elapsed(), f"{scenario.broker.kind} broker at {url}; work dir {workpath}")
         transport = await stack.enter_async_context(Transport(
-            BrokerAddress.parse(url), f"koala-{scenario.federation.name}-runner",
+            BrokerAddress.parse(url), f"koala-{fed.name}-runner",
             subscriptions=((topics.server_status, 1), (topics.all_client_status, 1))))
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         watcher = tasks.create_task(_watch(transport, observer))
-        processes.add(NodeProcess("server", "server", server_cfg, workpath)).start()
+        run = Run(scenario, processes, observer, view, proxies, broker_port)
+        processes.add(NodeProcess("server", "server", server_cfg, workpath))
+        run.start("server")
+        first = set(scenario.initially_started())
         for cfg in client_cfgs:
-            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath)).start()
-        view.event(observer.elapsed(), f"started server and {len(client_cfgs)} clients")
+            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath))
+            if cfg["node_id"] in first:
+                run.start(cfg["node_id"])
+        view.event(observer.elapsed(), f"started server and {len(first)} of {len(client_cfgs)} clients")
         expected = {c["node_id"]: c.get("max_updates", 0) for c in client_cfgs if c.get("max_updates", 0)}
         try:
-            while observer.elapsed() < scenario.federation.duration:
+            while observer.elapsed() < fed.duration:
+                for event in scheduler.due(observer.elapsed()):
+                    await run.apply(event)
                 await asyncio.sleep(0.25)
-                view.update(observer.elapsed(), observer.server, observer.clients)
-                dead = [n for n in processes.nodes.values() if n.proc is not None and not n.alive]
-                if dead:
-                    node = dead[0]
-                    failure = f"{node.name} exited with code {node.proc.returncode if node.proc else '?'}"
-                    view.event(observer.elapsed(), failure + "\n" + node.tail(8))
+                view.update(observer.elapsed(), observer.server, observer.clients,
+                            online_processes=sum(1 for n in processes.nodes.values()
+                                                 if n.role == "client" and n.alive and n.name not in run.paused))
+                failure = run.failure()
+                if failure:
+                    view.event(observer.elapsed(), failure)
                     break
-                if _finished(scenario, observer, expected):
+                if fed.until == "done" and scheduler.done and run.finished(expected):
                     completed = True
                     break
+            else:
+                if fed.until == "duration" and scheduler.done:
+                    completed = True
             if not completed and not failure:
-                failure = f"duration {scenario.federation.duration:.0f}s ran out before the run completed"
+                failure = f"duration {fed.duration:.0f}s ran out before the run completed"
         finally:
             view.update(observer.elapsed(), observer.server, observer.clients)
             watcher.cancel()
-            await asyncio.to_thread(processes.close)
-        view.event(observer.elapsed(), "federation stopped; computing the local-only reference")
-    from koala_async.tools.baselines import local_only
+        # Leaving the stack: the watcher's transport disconnects, then every process is reaped.
+        view.event(observer.elapsed(), "federation stopped")
+    local: dict[str, float] = {}
+    if local_reference:
+        from koala_async.tools.baselines import local_only
 
-    # The local-only reference trains the tier each client reported (it may have chosen it: "auto").
-    chosen = [{**c, "tier": observer.clients.get(c["node_id"], {}).get("tier") or c.get("tier")}
-              for c in client_cfgs]
-    local = await asyncio.to_thread(local_only, server_cfg, chosen)
+        # The local-only reference trains the tier each client reported (it may have chosen it: "auto").
+        chosen = [{**c, "tier": observer.clients.get(c["node_id"], {}).get("tier") or c.get("tier")}
+                  for c in client_cfgs]
+        local = await asyncio.to_thread(local_only, server_cfg, chosen)
     report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure)
+    report["events"] = run.log
+    report["assertions"] = [evaluate(a, scenario, observer, run.log) for a in scenario.assertions]
+    report["pids"] = processes.pids()
+    report["workdir"] = str(workpath)
+    code = 0 if completed and all(a["passed"] for a in report["assertions"]) else 1
+    report["exit_code"] = code
     if report_path:
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(report, indent=2))
-    return report, 0 if completed else 1
+    if plot_path:
+        from koala_async.tools.plot import plot_report
+
+        plot_report(report, plot_path)
+    return report, code
 
 
 def build_report(scenario: Scenario, observer: Observer, local: dict[str, float], wall: float,
@@ -166,6 +302,7 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
     local_values = [v for v in local.values() if v == v]
     return {
         "scenario": scenario.source,
+        "broker": scenario.broker.kind,
         "completed": completed,
         "failure": failure or None,
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
@@ -175,12 +312,14 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
                        "per_client": local},
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),
                     "sent": sum(c.get("updates_sent", 0) for c in observer.clients.values())},
-        "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0)},
+        "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0),
+                      "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {})},
         "bytes": {"up": sum(c.get("bytes_up", 0) for c in observer.clients.values()),
                   "down": sum(c.get("bytes_down", 0) for c in observer.clients.values())},
         "clients": clients,
+        "samples": [{k: v for k, v in s.items() if k != "accepted_by_client"} for s in observer.samples],
         "wall_seconds": round(wall, 2),
     }
 
 
-__all__ = ["run_scenario", "build_report", "Observer", "KoalaError"]
+__all__ = ["KoalaError", "Observer", "build_report", "run_scenario"]

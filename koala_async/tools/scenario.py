@@ -1,42 +1,31 @@
-"""Scenario files: a federation, its node groups, and (later) its churn and assertions, in TOML.
+"""Scenario files: a federation, its node groups, what goes wrong with it, and what must hold, in TOML.
 
-Schema (every key optional unless noted; unknown keys are errors naming file, key path and line)::
-
-    [federation]
-    name = "quickstart"        # topic prefix koala/<name>/
-    mode = "async"             # async KOALA
-    dataset = "digits"         # digits | npz:PATH | mnist:DIR | cifar10:DIR
-    seed = 0
-    alpha = 0.5                # Dirichlet label skew of private shards
-    test_fraction = 0.2
-    proxy_fraction = 0.25
-    duration = 240             # hard cap in seconds
-    settle = 3.0               # seconds of no new server version that count as settled
-
-    [server]                   # any ServerConfig key (see nodes/server.toml)
-    distill_steps = 20
-    [server.staleness]
-    kind = "polynomial"
-
-    [[clients]]                # a group of identical clients; ids are <prefix>-<n>
-    count = 8
-    prefix = "client"
-    [clients.config]           # any ClientConfig key (see nodes/client.toml)
-    max_updates = 8
-
-    [broker]
-    kind = "embedded"          # embedded | external
-    url = "mqtt://127.0.0.1:1883"   # for external
+The full schema is documented in ``docs/scenarios.md``. Every table is loaded with
+:func:`koala_async.config.load_into`, so an unknown key, a wrong type or a bad value raises
+:class:`~koala_async.errors.ConfigError` naming the file, the key path (``events[2].action``) and the
+line, before any process starts.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from koala_async.config import load_into, read_toml
+from koala_async.config import find_line, load_into, read_toml
 from koala_async.errors import ConfigError
+from koala_async.tools.timeline import (
+    ACTIONS,
+    Event,
+    absent_at_start,
+    availability_events,
+    load_trace,
+    resolve_target,
+)
+
+BROKER_KINDS = ("embedded", "mosquitto", "external")
+ASSERTION_KINDS = ("final_accuracy", "max_staleness", "nothing_accepted_lost",
+                   "reconnected_after_broker_restart", "learning_while_down", "all_contributed")
 
 
 @dataclass(frozen=True)
@@ -50,18 +39,25 @@ class FederationSpec:
     proxy_fraction: float = 0.25
     duration: float = 240.0
     settle: float = 3.0
+    # "done": stop once the timeline has played, every running client made its updates and the server
+    # settled (running out of ``duration`` is then a failure); "duration": always run ``duration``.
+    until: str = "done"
 
     def __post_init__(self) -> None:
         if self.mode not in ("async",):
             raise ValueError(f"mode {self.mode!r} is not one of ['async']")
         if self.duration <= 0:
             raise ValueError("duration must be > 0")
+        if self.until not in ("done", "duration"):
+            raise ValueError(f"until {self.until!r} is not one of ['done', 'duration']")
 
 
 @dataclass(frozen=True)
 class ClientGroup:
     count: int = 1
     prefix: str = "client"
+    profile: str | None = None  # passed through to ClientConfig.profile (device profiles)
+    start: bool = True  # false: the group starts only on a join event (or its availability trace)
     config: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -71,14 +67,68 @@ class ClientGroup:
 
 @dataclass(frozen=True)
 class BrokerSpec:
-    kind: str = "embedded"
+    kind: str = "embedded"  # embedded amqtt in its own process | mosquitto on a free port | external
     url: str | None = None
+    mosquitto: str = "mosquitto"  # the executable (PATH is searched, then /usr/sbin)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("embedded", "external"):
-            raise ValueError(f"broker kind {self.kind!r} is not one of ['embedded', 'external']")
+        if self.kind not in BROKER_KINDS:
+            raise ValueError(f"broker kind {self.kind!r} is not one of {list(BROKER_KINDS)}")
         if self.kind == "external" and not self.url:
             raise ValueError("an external broker needs url")
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    at: float
+    action: str
+    target: str
+    duration: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.action not in ACTIONS:
+            raise ValueError(f"action {self.action!r} is not one of {sorted(ACTIONS)}")
+        if self.at < 0 or self.duration < 0:
+            raise ValueError("at and duration must be >= 0")
+        if self.action in ("straggle", "disconnect") and self.duration <= 0:
+            raise ValueError(f"{self.action} needs a duration > 0 (seconds until it ends)")
+
+
+@dataclass(frozen=True)
+class AvailabilitySpec:
+    """FedScale-style availability: per client, [start, end] intervals when it is online."""
+
+    file: str | None = None  # .json {"client-0": [[0, 30], [45, 90]]} or .csv client,start,end
+    clients: dict[str, list[list[float]]] = field(default_factory=dict)
+    offline: str = "leave"  # how a client goes away at the end of an interval: leave | crash
+
+    def __post_init__(self) -> None:
+        if self.offline not in ("leave", "crash"):
+            raise ValueError(f"offline {self.offline!r} is not one of ['leave', 'crash']")
+
+
+@dataclass(frozen=True)
+class AssertionSpec:
+    kind: str
+    name: str = ""
+    min: float | None = None
+    max: float | None = None
+    target: str = "clients"  # which clients (for all_contributed, learning_while_down)
+    window: list[float] = field(default_factory=list)  # [t0, t1] for learning_while_down
+
+    def __post_init__(self) -> None:
+        if self.kind not in ASSERTION_KINDS:
+            raise ValueError(f"assertion kind {self.kind!r} is not one of {list(ASSERTION_KINDS)}")
+        if self.kind == "final_accuracy" and self.min is None:
+            raise ValueError("final_accuracy needs min")
+        if self.kind == "max_staleness" and self.max is None:
+            raise ValueError("max_staleness needs max")
+        if self.window and (len(self.window) != 2 or self.window[0] >= self.window[1]):
+            raise ValueError("window must be [start, end] with start < end")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
 
 
 @dataclass(frozen=True)
@@ -87,10 +137,24 @@ class Scenario:
     server: dict[str, Any] = field(default_factory=dict)
     clients: list[ClientGroup] = field(default_factory=list)
     broker: BrokerSpec = field(default_factory=BrokerSpec)
+    events: list[EventSpec] = field(default_factory=list)
+    availability: AvailabilitySpec | None = None
+    assertions: list[AssertionSpec] = field(default_factory=list)
     source: str = "<scenario>"
+    # Filled by load_scenario: the events to play (explicit ones and those from availability traces).
+    timeline: tuple[Event, ...] = ()
+    late: tuple[str, ...] = ()  # clients an availability trace keeps out at t=0
 
     def client_ids(self) -> list[str]:
         return [f"{g.prefix}-{i}" for g in self.clients for i in range(g.count)]
+
+    def groups(self) -> dict[str, list[str]]:
+        return {g.prefix: [f"{g.prefix}-{i}" for i in range(g.count)] for g in self.clients}
+
+    def initially_started(self) -> list[str]:
+        """Clients started at t=0: groups with ``start = true`` minus those a trace says join later."""
+        return [f"{g.prefix}-{i}" for g in self.clients for i in range(g.count)
+                if g.start and f"{g.prefix}-{i}" not in self.late]
 
     @property
     def num_clients(self) -> int:
@@ -107,11 +171,12 @@ class Scenario:
         out = []
         shard = 0
         for group in self.clients:
+            extra = {"profile": group.profile} if group.profile is not None else {}
             for i in range(group.count):
                 out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset,
                             "seed": f.seed, "alpha": f.alpha, "test_fraction": f.test_fraction,
                             "proxy_fraction": f.proxy_fraction, "num_shards": self.num_clients,
-                            "shard": shard, "node_id": f"{group.prefix}-{i}", **group.config})
+                            "shard": shard, "node_id": f"{group.prefix}-{i}", **extra, **group.config})
                 shard += 1
         return out
 
@@ -132,14 +197,76 @@ def _check_node_tables(scenario: Scenario, text: str) -> None:
         first += group.count
 
 
-def load_scenario(path: str | Path) -> Scenario:
+def _build_timeline(scenario: Scenario, text: str) -> tuple[tuple[Event, ...], tuple[str, ...]]:
+    source = scenario.source
+    ids, groups = scenario.client_ids(), scenario.groups()
+    events: list[Event] = []
+    late: set[str] = set()
+    for i, spec in enumerate(scenario.events):
+        key = f"events[{i}]"
+        try:
+            targets = resolve_target(spec.target, ids, groups)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key=f"{key}.target",
+                              line=find_line(text, f"{key}.target")) from None
+        if spec.at > scenario.federation.duration:
+            raise ConfigError(f"at {spec.at} is after the scenario's duration {scenario.federation.duration}",
+                              source=source, key=f"{key}.at", line=find_line(text, f"{key}.at"))
+        if spec.action == "disconnect" and ("server" in targets or "broker" in targets):
+            raise ConfigError("disconnect applies to clients only", source=source, key=f"{key}.target",
+                              line=find_line(text, f"{key}.target"))
+        events.extend(Event.expand(spec.at, spec.action, targets, spec.duration, origin=f"{key}"))
+    if scenario.availability is not None:
+        av = scenario.availability
+        traces = dict(av.clients)
+        if av.file:
+            path = Path(av.file)
+            if not path.is_absolute():
+                path = Path(source).parent / path
+            try:
+                traces.update(load_trace(path))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"availability trace {path}: {exc}", source=source, key="availability.file",
+                                  line=find_line(text, "availability.file")) from None
+        unknown = sorted(set(traces) - set(ids))
+        if unknown:
+            raise ConfigError(f"availability names unknown clients {unknown}; expected ids among {ids}",
+                              source=source, key="availability.clients", line=find_line(text, "availability"))
+        try:
+            events.extend(availability_events(traces, av.offline, scenario.federation.duration))
+            late = absent_at_start(traces)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key="availability",
+                              line=find_line(text, "availability")) from None
+    return tuple(sorted(events, key=lambda e: (e.at, e.order))), tuple(sorted(late))
+
+
+def load_scenario(path: str | Path, *, broker: str | None = None) -> Scenario:
+    """Load and validate a scenario file. ``broker`` ("embedded", "mosquitto" or an mqtt:// URL)
+    overrides the file's [broker] table."""
     data, text = read_toml(path)
     source = str(path)
     scenario = load_into(Scenario, {**data, "source": source}, source=source, text=text)
+    if "timeline" in data:
+        raise ConfigError("unknown key 'timeline'; use [[events]]", source=source, key="timeline",
+                          line=find_line(text, "timeline"))
     if not scenario.clients:
         raise ConfigError("a scenario needs at least one [[clients]] group", source=source, key="clients")
     ids = scenario.client_ids()
     if len(set(ids)) != len(ids):
         raise ConfigError("client ids collide; give each group its own prefix", source=source, key="clients")
+    for i, a in enumerate(scenario.assertions):
+        try:
+            resolve_target(a.target, ids, scenario.groups())
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key=f"assertions[{i}].target",
+                              line=find_line(text, f"assertions[{i}].target")) from None
     _check_node_tables(scenario, text)
-    return scenario
+    if broker:
+        try:
+            spec = BrokerSpec(kind="external", url=broker) if "://" in broker else BrokerSpec(kind=broker)
+        except ValueError as exc:
+            raise ConfigError(f"--broker: {exc}") from None
+        scenario = replace(scenario, broker=spec)
+    timeline, late = _build_timeline(scenario, text)
+    return replace(scenario, timeline=timeline, late=late)

@@ -1,0 +1,103 @@
+"""A run whose assertion fails still reaps every process it started (broker and nodes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from koala_async.tools.runner import run_scenario
+from koala_async.tools.scenario import load_scenario
+
+TINY = """\
+[federation]
+name = "cleanup"
+duration = 90
+settle = 1.0
+
+[server]
+distill_steps = 2
+
+[[clients]]
+count = 2
+prefix = "client"
+[clients.config]
+max_updates = 1
+interval = 0.2
+[clients.config.train]
+epochs = 1
+
+[[events]]
+at = 0.5
+action = "straggle"      # a SIGSTOPped process must still be reaped
+target = "client-1"
+duration = 200           # never resumed by the timeline
+
+[[assertions]]
+kind = "final_accuracy"
+min = 1.01               # cannot hold
+"""
+
+
+def processes_mentioning(workdir: str) -> list[int]:
+    """Live processes tagged with this run's KOALA_RUN_DIR (every process the runner starts is)."""
+    tag = f"KOALA_RUN_DIR={workdir}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if tag in environ and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_failed_assertion_leaves_no_process(tmp_path: Path) -> None:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.replace("duration = 90", "duration = 25"))
+    scenario = load_scenario(path)
+    workdir = tmp_path / "work"
+    report, code = asyncio.run(run_scenario(scenario, quiet=True, workdir=str(workdir),
+                                            local_reference=False))
+    assert code == 1
+    assert report["assertions"][0]["passed"] is False
+    assert len(report["pids"]) == 4  # broker, server, two clients
+    assert not [pid for pid in report["pids"] if alive(pid)]
+    assert processes_mentioning(str(workdir)) == []
+
+
+def test_interrupted_run_leaves_no_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY.replace("min = 1.01", "min = 0.0"))
+    workdir = tmp_path / "work"
+    runner = subprocess.Popen([sys.executable, "-m", "koala_async", "run", str(path), "--quiet",
+                               "--no-reference", "--workdir", str(workdir)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(processes_mentioning(str(workdir))) < 4:
+            time.sleep(0.2)
+        assert len(processes_mentioning(str(workdir))) == 4  # broker, server, two clients
+        runner.send_signal(signal.SIGINT)
+        assert runner.wait(30) != 0
+    finally:
+        if runner.poll() is None:
+            runner.kill()
+    assert processes_mentioning(str(workdir)) == []
