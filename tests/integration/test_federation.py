@@ -21,6 +21,8 @@ from koala_async.nodes.server import ServerConfig, ServerNode
 
 TOPICS = Topics("default")
 
+pytestmark = pytest.mark.timeout(150)  # every wait is bounded; this only catches a wedged event loop
+
 
 async def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
     try:
