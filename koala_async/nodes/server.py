@@ -58,7 +58,7 @@ class ServerConfig:
     temperature: float = 3.0
     lr: float = 1e-3
     batch_size: int = 64
-    distill_steps: int = 20  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
+    distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
     buffer_size: int = 1
     accepted_tiers: tuple[str, ...] = ()
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
