@@ -14,15 +14,15 @@ N_PROXY, CLASSES = 20, 5
 
 
 def ctx(**kw) -> AdmissionContext:
-    base = dict(version=10, proxy_id="proxy-a", n_proxy=N_PROXY, num_classes=CLASSES,
-                policy=StalenessPolicy(max_staleness=4))
+    base = {"version": 10, "proxy_id": "proxy-a", "n_proxy": N_PROXY, "num_classes": CLASSES,
+            "policy": StalenessPolicy(max_staleness=4)}
     base.update(kw)
     return AdmissionContext(**base)
 
 
 def update(**kw) -> Update:
-    base = dict(sender="c1", seq=1, base_version=10, tier="image-small", n_samples=50, proxy_id="proxy-a",
-                logits=np.zeros((N_PROXY, CLASSES), dtype=np.float16))
+    base = {"sender": "c1", "seq": 1, "base_version": 10, "tier": "image-small", "n_samples": 50,
+            "proxy_id": "proxy-a", "logits": np.zeros((N_PROXY, CLASSES), dtype=np.float16)}
     base.update(kw)
     return Update(**base)
 

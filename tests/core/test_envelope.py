@@ -6,8 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from koala_async.core.envelope import (Knowledge, Limits, ProxySet, Status, Update, decode, encode,
-                                       pack_array)
+from koala_async.core.envelope import Knowledge, Limits, ProxySet, Status, Update, decode, encode, pack_array
 from koala_async.errors import MessageError
 
 
@@ -16,8 +15,8 @@ def _logits(n: int = 6, c: int = 4, seed: int = 0) -> np.ndarray:
 
 
 def _update(**kw) -> Update:
-    base = dict(sender="c1", seq=7, base_version=3, tier="image-small", n_samples=120, proxy_id="abc123",
-                logits=_logits(), sent_at=12.5)
+    base = {"sender": "c1", "seq": 7, "base_version": 3, "tier": "image-small", "n_samples": 120,
+            "proxy_id": "abc123", "logits": _logits(), "sent_at": 12.5}
     base.update(kw)
     return Update(**base)
 
@@ -119,9 +118,9 @@ def _pack(obj) -> bytes:
     return msgpack.packb(obj, use_bin_type=True)
 
 
-def _reason(payload: bytes, limits: Limits = Limits()) -> str:
+def _reason(payload: bytes, limits: Limits | None = None) -> str:
     with pytest.raises(MessageError) as info:
-        decode(payload, limits)
+        decode(payload, limits or Limits())
     return info.value.reason
 
 

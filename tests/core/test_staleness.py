@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -31,7 +32,7 @@ def test_weights_are_monotone_non_increasing_and_in_unit_interval(kind: str) -> 
     weights = [policy.weight(s) for s in range(60)]
     assert weights[0] == 1.0
     assert all(0 < w <= 1 for w in weights)
-    assert all(later <= earlier for earlier, later in zip(weights, weights[1:]))
+    assert all(later <= earlier for earlier, later in itertools.pairwise(weights))
     if kind != "constant":
         assert weights[-1] < 0.5  # it does decay
 

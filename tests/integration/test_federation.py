@@ -10,6 +10,7 @@ import time
 from contextlib import AsyncExitStack
 
 import aiomqtt
+import msgpack
 import numpy as np
 import pytest
 
@@ -52,9 +53,9 @@ async def settle(server: ServerNode, accepted: int, timeout: float = 60.0) -> No
 
 def raw_update(server: ServerNode, sender: str, seq: int, **kw) -> bytes:
     rng = np.random.default_rng(seq)
-    fields = dict(sender=sender, seq=seq, base_version=server.version, tier="image-small", n_samples=100,
-                  proxy_id=server.proxy_id,
-                  logits=rng.normal(size=(len(server.proxy_x), server.spec.num_classes)).astype(np.float16))
+    logits = rng.normal(size=(len(server.proxy_x), server.spec.num_classes)).astype(np.float16)
+    fields = {"sender": sender, "seq": seq, "base_version": server.version, "tier": "image-small",
+              "n_samples": 100, "proxy_id": server.proxy_id, "logits": logits}
     fields.update(kw)
     return encode(Update(**fields))
 
@@ -121,7 +122,7 @@ async def server(embedded_broker: EmbeddedBroker):
 async def test_malformed_payloads_are_counted_and_the_server_keeps_accepting(
         server: ServerNode, embedded_broker: EmbeddedBroker) -> None:
     topic = TOPICS.update("evil")
-    await publish_raw(embedded_broker.url, topic, b"\xc1 not msgpack", encode_list(), b"")
+    await publish_raw(embedded_broker.url, topic, b"\xc1 not msgpack", msgpack.packb([1, 2, 3]), b"")
     await wait_for(lambda: server.rejects.total == 3, 10, "three rejects")
     assert server.rejects.counts["not_msgpack"] == 2  # garbage and the empty payload
     assert server.rejects.counts["not_a_map"] == 1
@@ -132,12 +133,6 @@ async def test_malformed_payloads_are_counted_and_the_server_keeps_accepting(
     await wait_for(lambda: server.metrics.accepted == 1, 10, "the good update")
     await wait_for(lambda: server.version == 1, 15, "a new knowledge version")
     assert server.rejects.total == 3
-
-
-def encode_list() -> bytes:
-    import msgpack
-
-    return msgpack.packb([1, 2, 3])
 
 
 async def test_update_on_another_clients_topic_is_sender_mismatch(
@@ -179,12 +174,11 @@ async def test_client_retries_until_a_broker_appears() -> None:
         assert all(not t.done() for t in client._tasks)
         assert first_error
 
-        async with EmbeddedBroker(port=port):
-            async with ServerNode(ServerConfig(broker=url, distill_steps=2)) as server:
-                try:
-                    async with asyncio.timeout(30):
-                        await client.done()
-                except TimeoutError:
-                    pytest.fail(f"client never published after the broker came up: {transport.stats}")
-                assert transport.stats.connects >= 1
-                await wait_for(lambda: server.metrics.accepted == 1, 10, "the late client's update")
+        async with EmbeddedBroker(port=port), ServerNode(ServerConfig(broker=url, distill_steps=2)) as server:
+            try:
+                async with asyncio.timeout(30):
+                    await client.done()
+            except TimeoutError:
+                pytest.fail(f"client never published after the broker came up: {transport.stats}")
+            assert transport.stats.connects >= 1
+            await wait_for(lambda: server.metrics.accepted == 1, 10, "the late client's update")

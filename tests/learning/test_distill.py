@@ -8,8 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from koala_async.learning import data as D
-from koala_async.learning.distill import (Distiller, LocalTrainer, TrainConfig, accuracy, kd_loss,
-                                          predict_logits)
+from koala_async.learning.distill import (
+    Distiller,
+    LocalTrainer,
+    TrainConfig,
+    accuracy,
+    kd_loss,
+    predict_logits,
+)
 from koala_async.learning.models import build_model
 
 
@@ -108,5 +114,6 @@ def test_build_model_checks_kind_and_name(splits: D.Splits) -> None:
         build_model("vector-small", splits.proxy.spec)
     a = build_model("image-small", splits.proxy.spec, seed=4)
     b = build_model("image-small", splits.proxy.spec, seed=4)
-    np.testing.assert_array_equal(predict_logits(a, splits.proxy.x[:5]), predict_logits(b, splits.proxy.x[:5]))
-    assert predict_logits(a, splits.proxy.x[:5]).shape == (5, 10)
+    x = splits.proxy.x[:5]
+    np.testing.assert_array_equal(predict_logits(a, x), predict_logits(b, x))
+    assert predict_logits(a, x).shape == (5, 10)
