@@ -15,7 +15,8 @@ import io
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -119,7 +120,10 @@ class ServerNode:
         self.online: dict[str, dict[str, Any]] = {}
         self.tier_trust = TierTrust(config.trust)
         self._seq = SeqCounter()
-        self._pending: list[tuple[Update, bytes]] = []  # accepted, not yet fused: (update, envelope)
+        # Accepted, not yet fused: (update, envelope, monotonic arrival time).
+        self._pending: list[tuple[Update, bytes, float]] = []
+        # Seconds from an update's arrival to the publication of the first version that fused it.
+        self.fuse_latency: deque[float] = deque(maxlen=20_000)
         self.keys: dict[str, bytes] | None = None
         self.journal: Journal | None = None
         self._model_lock = threading.Lock()  # the distill thread and checkpoint writes take turns
@@ -277,7 +281,7 @@ class ServerNode:
         m.staleness_max = max(m.staleness_max, staleness)
         bucket = str(staleness) if staleness < 32 else "32+"
         m.staleness_hist[bucket] = m.staleness_hist.get(bucket, 0) + 1
-        self._pending.append((update, envelope))
+        self._pending.append((update, envelope, time.monotonic()))
         self._dirty = True
 
     def _admission_context(self) -> AdmissionContext:
@@ -306,7 +310,7 @@ class ServerNode:
                     pass
             batch, self._pending = self._pending, []
             self._arrived.clear()
-            for update, _ in batch:
+            for update, _, _ in batch:
                 staleness = self.version - update.base_version
                 trust = self.tier_trust.observe(update.tier, update.logits, update.sample_ids,
                                                 self.knowledge_logits)
@@ -329,6 +333,8 @@ class ServerNode:
             payload = self._knowledge_payload()
             self.metrics.knowledge_bytes += len(payload)
             await self.transport.publish(self.topics.knowledge, payload, retain=True)
+            published = time.monotonic()
+            self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
             await self._publish_status()
             log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", self.version,
                      self.test_accuracy, self.metrics.accepted, self.rejects.total)
@@ -375,6 +381,7 @@ class ServerNode:
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,
             "distill_seconds": round(m.distill_seconds, 3),
+            "fuse_latency": latency_summary(self.fuse_latency),
             "uptime": round(time.monotonic() - self._started, 3),
             "tier_trust": self.tier_trust.as_dict(),
             "clients_online": sorted(k for k, v in self.online.items() if v.get("online")),
@@ -409,7 +416,7 @@ class ServerNode:
             "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
             "fusion": [asdict(c) for c in self.fusion.contributions.values()],
             "seen": self.seen.to_state(), "metrics": metrics, "rejected": dict(self.rejects.counts),
-            "pending": [envelope for _, envelope in self._pending], "seq": self._seq.value,
+            "pending": [envelope for _, envelope, _ in self._pending], "seq": self._seq.value,
         }
 
     def _write_checkpoint(self, state: dict[str, Any]) -> None:
@@ -461,7 +468,7 @@ class ServerNode:
         for envelope in state["pending"]:
             update = decode(envelope, self.limits)
             assert isinstance(update, Update)
-            self._pending.append((update, envelope))
+            self._pending.append((update, envelope, time.monotonic()))
         self._journal_from = state["journal_from"]
         log.info("resumed from %s: version %d, %d accepted, %d pending", path, self.version,
                  self.metrics.accepted, len(self._pending))
@@ -482,6 +489,16 @@ class ServerNode:
             replayed += 1
         if replayed:
             log.info("replayed %d accepted updates from the journal", replayed)
+
+
+def latency_summary(samples: Iterable[float]) -> dict[str, float | int]:
+    """Count, p50, p99 and max of latency samples in seconds (zeros when there are none)."""
+    values = np.fromiter(samples, dtype=np.float64)
+    if not len(values):
+        return {"count": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
+    p50, p99 = np.percentile(values, [50, 99])
+    return {"count": len(values), "p50": round(float(p50), 4), "p99": round(float(p99), 4),
+            "max": round(float(values.max()), 4)}
 
 
 CHECKPOINT = "checkpoint.pt"
