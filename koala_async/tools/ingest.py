@@ -50,7 +50,7 @@ class IngestSettings:
         return self.publishers * self.clients_per_publisher * self.updates_per_client
 
 
-def _broker_kind(requested: str) -> str:
+def broker_kind(requested: str) -> str:
     if requested != "auto":
         return requested
     try:
@@ -181,7 +181,7 @@ async def _raw_phase(processes: ProcessSet, workdir: Path, settings: IngestSetti
 
 async def ingest_benchmark(settings: IngestSettings, workdir: Path) -> dict[str, Any]:
     """Run the benchmark; every process it starts is reaped before it returns."""
-    kind = _broker_kind(settings.broker)
+    kind = broker_kind(settings.broker)
     workdir.mkdir(parents=True, exist_ok=True)
     processes = ProcessSet()
     rounds: list[dict[str, Any]] = []
