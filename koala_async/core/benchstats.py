@@ -159,7 +159,7 @@ def summarize(rows: Mapping[str, Mapping[str, Any] | None], mode_reasons: Mappin
         return value
 
     def explain(name: str, *parts: str) -> None:
-        why = "; ".join(reasons[p] if p in reasons else p for p in parts if p)
+        why = "; ".join(reasons.get(p, p) for p in parts if p)
         reasons[name] = why or "not computable"
 
     out: dict[str, float | int | None] = {}
