@@ -159,7 +159,7 @@ def summarize(rows: Mapping[str, Mapping[str, Any] | None], mode_reasons: Mappin
         return value
 
     def explain(name: str, *parts: str) -> None:
-        why = "; ".join(reasons.get(p, p) for p in parts if p)
+        why = "; ".join(reasons[p] for p in parts if p in reasons)
         reasons[name] = why or "not computable"
 
     out: dict[str, float | int | None] = {}

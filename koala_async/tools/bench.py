@@ -38,19 +38,18 @@ class BenchSettings:
 
 
 def quick_scenario(scenario: Scenario) -> Scenario:
-    """A tiny variant for CI: at most 3 clients, 3 updates each, short training and distillation."""
+    """A tiny variant for CI: at most 3 clients, 4 updates each, short local training."""
     groups, left = [], 3
     for group in scenario.clients:
         if left <= 0:
             break
-        train = {**group.config.get("train", {}), "epochs": 2}
-        config = {**group.config, "max_updates": 3, "interval": 0.5, "train": train}
+        train = {**group.config.get("train", {}), "epochs": 3}
+        config = {**group.config, "max_updates": 4, "interval": 0.5, "train": train}
         groups.append(dataclasses.replace(group, count=min(group.count, left), config=config, start=True))
         left -= groups[-1].count
-    server = {**scenario.server, "distill_steps": min(int(scenario.server.get("distill_steps", 40)), 10)}
     federation = dataclasses.replace(scenario.federation, duration=min(scenario.federation.duration, 90.0),
                                      until="done")
-    return dataclasses.replace(scenario, clients=groups, server=server, federation=federation,
+    return dataclasses.replace(scenario, clients=groups, federation=federation,
                                events=[], availability=None, assertions=[], timeline=(), late=())
 
 
