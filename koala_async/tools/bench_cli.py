@@ -86,4 +86,8 @@ def bench_main(args: argparse.Namespace) -> int:
     for what, path_ in (("report", args.report), ("plot", args.plot)):
         if path_:
             console.print(f"{what} written to {path_}")
-    return 0
+    errors = [f"{part}: {result[part]['error']}" for part in ("ingest", "scale")
+              if result.get(part) and result[part].get("error")]
+    for error in errors:
+        console.print(f"[red]{error}[/]")
+    return 1 if errors else 0
