@@ -37,7 +37,7 @@ class ScaleSettings:
     interval: float = 40.0  # mean seconds between one client's updates ...
     jitter: float = 0.5  # ... uniform within interval * (1 +- jitter): 20-60 s by default
     distill_steps: int = 40
-    max_distill_seconds: float | None = 0.25  # the server's per-version latency budget
+    max_distill_seconds: float | None = 0.1  # the server's per-version latency budget
     broker: str = "auto"
     connect_timeout: float = 90.0
 
