@@ -24,8 +24,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny variant for CI (well under 2 minutes)")
     p.add_argument("--broker", help="broker for the scenario runs: embedded, mosquitto or mqtt://HOST:PORT")
     p.add_argument("--workdir", help="where runs keep configs and logs (default: a temp dir)")
-    p.add_argument("--steps", help="scale run client counts, comma-separated (default: 50,100,200,300)")
-    p.add_argument("--hold", type=float, help="seconds each scale step holds (default: 60)")
+    p.add_argument("--steps", help="scale run client counts, comma-separated (default: 50,100,200,300,400,600,800)")
+    p.add_argument("--hold", type=float, help="seconds each scale step holds (default: 45)")
     p.add_argument("--interval", type=float, help="scale run: mean seconds between a client's updates "
                    "(default: 40, jittered +-50%%)")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: modes, ingest, scale")

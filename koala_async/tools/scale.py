@@ -1,7 +1,7 @@
 """Scale run: as many client nodes as one machine holds, against a real ``koala server`` process over
 Mosquitto (the embedded amqtt when Mosquitto is not installed).
 
-The client count ramps in steps (50, 100, 200, 300 by default). Each step starts one more
+The client count ramps in steps (50, 100, 200, 300, 400, 600, 800 by default). Each step starts one more
 :mod:`koala_async.tools.loadgen` ``steady`` process with the extra clients (many MQTT connections per
 process), waits until all are connected (each read the retained proxy set), then holds for ``hold``
 seconds. At the end of the hold it reads the server's retained status: updates accepted during the
@@ -32,8 +32,8 @@ FEDERATION = "bench-scale"
 
 @dataclass(frozen=True)
 class ScaleSettings:
-    steps: tuple[int, ...] = (50, 100, 200, 300)
-    hold: float = 60.0  # seconds each step runs once all its clients are connected
+    steps: tuple[int, ...] = (50, 100, 200, 300, 400, 600, 800)
+    hold: float = 45.0  # seconds each step runs once all its clients are connected
     interval: float = 40.0  # mean seconds between one client's updates ...
     jitter: float = 0.5  # ... uniform within interval * (1 +- jitter): 20-60 s by default
     distill_steps: int = 40
