@@ -133,13 +133,23 @@ def apply_target(row: dict[str, Any], target: float | None) -> None:
         row["reasons"]["time_to_target_seconds"] = f"never reached accuracy {target:.3f}"
 
 
-def max_clients(steps: Sequence[Mapping[str, Any]], limit: float = LATENCY_LIMIT_SECONDS) -> int | None:
-    """The largest scale step whose clients all connected, that accepted updates, and whose p99
+def step_held(step: Mapping[str, Any], limit: float = LATENCY_LIMIT_SECONDS) -> bool:
+    """Whether a scale step's clients all connected, its server accepted updates, and its p99
     arrival-to-fused latency stayed under ``limit`` seconds."""
-    held = [int(s["clients"]) for s in steps
-            if s.get("connected") == s.get("clients") and (s.get("accepted") or 0) > 0
-            and (p99 := _number((s.get("fuse_latency") or {}).get("p99"))) is not None and p99 < limit]
-    return max(held) if held else None
+    p99 = _number((step.get("fuse_latency") or {}).get("p99"))
+    return (step.get("connected") == step.get("clients") and (step.get("accepted") or 0) > 0
+            and p99 is not None and p99 < limit)
+
+
+def max_clients(steps: Sequence[Mapping[str, Any]], limit: float = LATENCY_LIMIT_SECONDS) -> int | None:
+    """The client count of the last step of the ramp before the first step that did not hold: a
+    larger step that happens to pass after a failed one does not count."""
+    best = None
+    for step in sorted(steps, key=lambda s: s.get("clients", 0)):
+        if not step_held(step, limit):
+            break
+        best = int(step["clients"])
+    return best
 
 
 def summarize(rows: Mapping[str, Mapping[str, Any] | None], mode_reasons: Mapping[str, str],

@@ -114,3 +114,11 @@ def test_max_clients_needs_every_client_connected_and_accepted_updates() -> None
              {"clients": 150, "connected": 150, "accepted": 0, "fuse_latency": {}}]
     assert max_clients(steps) == 50
     assert max_clients(steps[1:]) is None
+
+
+def test_max_clients_stops_at_the_first_step_that_did_not_hold() -> None:
+    def step(n: int, p99: float) -> dict:
+        return {"clients": n, "connected": n, "accepted": n, "fuse_latency": {"p99": p99}}
+
+    assert max_clients([step(50, 0.3), step(100, 0.5), step(200, 1.2), step(300, 0.8)]) == 100
+    assert max_clients([step(300, 0.8), step(50, 0.3), step(100, 0.5)]) == 300  # order-independent
