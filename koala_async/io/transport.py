@@ -118,6 +118,7 @@ class Transport:
         self.stats = TransportStats()
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
+        self._wanted: dict[str, bool] = {}  # topic -> matches a subscription (bounded cache)
         self._client: aiomqtt.Client | None = None
         self._rng = random.Random(seed)
         self._tasks: asyncio.TaskGroup | None = None
@@ -150,7 +151,7 @@ class Transport:
                     if self.on_connect is not None:
                         await self.on_connect(self)
                     async for message in client.messages:
-                        if not any(message.topic.matches(topic) for topic, _ in self.subscriptions):
+                        if not self._subscribed(message.topic):
                             # amqtt 0.12 replays, to every client that connects, the retained messages
                             # of every filter *any* client subscribed to: drop what we never asked for.
                             self.stats.unsolicited += 1
@@ -178,6 +179,16 @@ class Transport:
                     err = BrokerUnavailable(str(self.address), str(exc))
                     log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
                 await asyncio.sleep(delay)
+
+    def _subscribed(self, topic: aiomqtt.Topic) -> bool:
+        """Whether ``topic`` matches one of our filters; cached per topic, as matching costs more
+        than the rest of a message's trip through the transport."""
+        wanted = self._wanted.get(topic.value)
+        if wanted is None:
+            wanted = any(topic.matches(pattern) for pattern, _ in self.subscriptions)
+            if len(self._wanted) < 100_000:
+                self._wanted[topic.value] = wanted
+        return wanted
 
     def _make_client(self) -> aiomqtt.Client:
         a = self.address

@@ -110,21 +110,23 @@ class _Phase:
                 "payload_bytes": sum(r["bytes"] for r in records) / max(published, 1)}
 
 
-async def _measure(count: Callable[[], int], expected: int, timeout: float) -> float:
-    """Poll ``count()`` until it reaches ``expected``; the rate between the first and the last."""
+async def _measure(count: Callable[[], int], expected: int, timeout: float) -> tuple[float, float]:
+    """Poll ``count()`` until it reaches ``expected``: the rate between the first and the last, and
+    this process's CPU time per message over the same span (microseconds)."""
     first = last = None
+    cpu_first = cpu_last = 0.0
     async with asyncio.timeout(timeout):
         while True:
             n = count()
             now = time.perf_counter()
             if first is None and n > 0:
-                first = now
+                first, cpu_first = now, time.process_time()
             if n >= expected:
-                last = now
+                last, cpu_last = now, time.process_time()
                 break
             await asyncio.sleep(0.002)
     assert first is not None and last is not None
-    return (expected - 1) / max(last - first, 1e-9)
+    return (expected - 1) / max(last - first, 1e-9), (cpu_last - cpu_first) / (expected - 1) * 1e6
 
 
 async def _runtime_phase(processes: ProcessSet, workdir: Path, settings: IngestSettings, url: str,
@@ -140,10 +142,11 @@ async def _runtime_phase(processes: ProcessSet, workdir: Path, settings: IngestS
         phase = _Phase(processes, workdir, f"runtime-{round_no}", settings, url, federation, proxy)
         await phase.ready(60)
         phase.start()
-        rate = await _measure(lambda: server.metrics.accepted + server.rejects.total, settings.messages,
-                              settings.phase_timeout)
+        rate, cpu = await _measure(lambda: server.metrics.accepted + server.rejects.total,
+                                   settings.messages, settings.phase_timeout)
         published = await phase.results(settings.phase_timeout)
-        record = {"runtime_rate": rate, "runtime_accepted": server.metrics.accepted,
+        record = {"runtime_rate": rate, "runtime_cpu_us_per_message": cpu,
+                  "runtime_accepted": server.metrics.accepted,
                   "runtime_rejected": dict(server.rejects.counts),
                   "runtime_publish_rate": published["publish_rate"], "payload_bytes": published["payload_bytes"]}
     return record, proxy
@@ -172,11 +175,12 @@ async def _raw_phase(processes: ProcessSet, workdir: Path, settings: IngestSetti
             await phase.ready(60)
             phase.start()
             try:
-                rate = await _measure(lambda: received, settings.messages, settings.phase_timeout)
+                rate, cpu = await _measure(lambda: received, settings.messages, settings.phase_timeout)
             finally:
                 counter.cancel()
         published = await phase.results(settings.phase_timeout)
-    return {"raw_rate": rate, "raw_received": received, "raw_publish_rate": published["publish_rate"]}
+    return {"raw_rate": rate, "raw_cpu_us_per_message": cpu, "raw_received": received,
+            "raw_publish_rate": published["publish_rate"]}
 
 
 async def ingest_benchmark(settings: IngestSettings, workdir: Path) -> dict[str, Any]:
@@ -205,7 +209,9 @@ async def ingest_benchmark(settings: IngestSettings, workdir: Path) -> dict[str,
         await asyncio.to_thread(processes.close)
     raw_rate = statistics.median(r["raw_rate"] for r in rounds)
     runtime_rate = statistics.median(r["runtime_rate"] for r in rounds)
-    return {"broker": kind, "settings": asdict(settings), "messages": settings.messages,
+    cpu = {f"{side}_cpu_us_per_message": statistics.median(r[f"{side}_cpu_us_per_message"] for r in rounds)
+           for side in ("raw", "runtime")}
+    return {"broker": kind, "settings": asdict(settings), "messages": settings.messages, **cpu,
             "payload_bytes": round(rounds[0]["payload_bytes"]), "rounds": rounds,
             "raw_rate": raw_rate, "runtime_rate": runtime_rate, "ratio": runtime_rate / raw_rate,
             "error": None}
