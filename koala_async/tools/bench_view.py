@@ -72,6 +72,9 @@ def summary_table(result: dict[str, Any]) -> Table:
     if ingest.get("raw_rate"):
         table.add_row("ingest raw / runtime (msg/s)",
                       f"{ingest['raw_rate']:,.0f} / {ingest['runtime_rate']:,.0f}", ingest.get("broker", ""))
+    if ingest.get("raw_cpu_us_per_message"):
+        table.add_row("ingest CPU us/message raw / runtime", f"{ingest['raw_cpu_us_per_message']:.0f} / "
+                      f"{ingest['runtime_cpu_us_per_message']:.0f}", "the subscriber process")
     return table
 
 
