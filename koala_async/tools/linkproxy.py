@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from typing import Self
 
 from koala_async.io.broker import free_port
 
@@ -44,7 +45,7 @@ class LinkProxy:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> LinkProxy:
+    async def __aenter__(self) -> Self:
         self._server = await asyncio.start_server(self._accept, self.host, self.port)
         return self
 
@@ -91,7 +92,7 @@ class LinkProxy:
                  asyncio.ensure_future(self._pipe(up_reader, writer))]
         # Owned here: whichever direction ends first ends both, then both writers close.
         try:
-            _, pending = await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for pipe in pipes:
                 pipe.cancel()

@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from koala_async.errors import KoalaError
 
@@ -78,10 +78,10 @@ def unavailable_reason() -> str | None:
     if ip is None:
         return "iproute2's `ip` is not installed"
     probe = f"{PREFIX}{os.getpid()}-probe"
-    made = subprocess.run([ip, "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run([ip, "netns", "add", probe], check=False, capture_output=True, text=True)
     if made.returncode != 0:
         return f"cannot create a network namespace: {made.stderr.strip() or made.returncode}"
-    subprocess.run([ip, "netns", "del", probe], capture_output=True)
+    subprocess.run([ip, "netns", "del", probe], check=False, capture_output=True)
     return None
 
 
@@ -96,14 +96,14 @@ def sweep_stale() -> list[str]:
         if match is None or Path(f"/proc/{match.group(1)}").exists():
             continue
         _kill_inside(ip, entry.name)
-        if subprocess.run([ip, "netns", "del", entry.name], capture_output=True).returncode == 0:
+        if subprocess.run([ip, "netns", "del", entry.name], check=False, capture_output=True).returncode == 0:
             removed.append(entry.name)
     return removed
 
 
 def _kill_inside(ip: str, ns: str) -> None:
     """SIGKILL whatever still runs inside ``ns`` (only this harness starts processes there)."""
-    out = subprocess.run([ip, "netns", "pids", ns], capture_output=True, text=True).stdout
+    out = subprocess.run([ip, "netns", "pids", ns], check=False, capture_output=True, text=True).stdout
     for pid in (int(p) for p in out.split() if p.isdigit()):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -154,7 +154,7 @@ class Topology:
             raise NetnsError(f"no host {host!r} in this topology (hosts: {self.hosts})")
 
     # --- lifecycle ----------------------------------------------------------------------------
-    def __enter__(self) -> Topology:
+    def __enter__(self) -> Self:
         if not self._ip:
             raise NetnsError("iproute2's `ip` is not installed")
         try:
@@ -217,7 +217,7 @@ class Topology:
         self._procs.clear()
         for ns in reversed(self._made):
             _kill_inside(self._ip, ns)
-            subprocess.run([self._ip, "netns", "del", ns], capture_output=True)
+            subprocess.run([self._ip, "netns", "del", ns], check=False, capture_output=True)
         self._made.clear()
         self._relays.clear()
 
@@ -244,7 +244,7 @@ class Topology:
         if tc is None:
             return False
         first = subprocess.run([tc, "-n", self.ns(host), "qdisc", "add", "dev", "eth0", "root", *args],
-                               capture_output=True, text=True)
+                               check=False, capture_output=True, text=True)
         if first.returncode != 0:
             return False
         self._run([tc, "-n", self.switch, "qdisc", "add", "dev", self._peer[host], "root", *args])
@@ -341,7 +341,7 @@ class Topology:
 
     @staticmethod
     def _run(argv: list[str], input: str | None = None) -> str:
-        done = subprocess.run(argv, capture_output=True, text=True, input=input)
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, input=input)
         if done.returncode != 0:
             raise NetnsError(f"`{' '.join(argv)}` failed: {done.stderr.strip() or done.returncode}")
         return done.stdout
