@@ -27,9 +27,6 @@ from koala_async.tools.netns import (
     Impairment,
     NetnsError,
     Topology,
-    find_tool,
-    sweep_stale,
-    unavailable_reason,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.mosquitto]
@@ -45,13 +42,6 @@ KEEPALIVE = 4  # seconds: Mosquitto drops a silent client after 1.5x this and pu
 # 2.0.11 was measured to drop the silent client about 10 s into it, the client itself about 6 s in).
 DOWN_FOR = 15.0
 WATCHER = Path(__file__).with_name("status_watch.py")
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip with ``reason``; but under CI, as root with iproute2, the test must run: fail instead."""
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes") and os.geteuid() == 0 and find_tool("ip"):
-        pytest.fail(f"CI is root with iproute2, so the multi-host test must run, but: {reason}")
-    pytest.skip(reason)
 
 
 class Watch:
@@ -124,15 +114,9 @@ def tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def test_federation_learns_across_namespaces_and_a_link_outage(tmp_path: Path) -> None:
-    reason = unavailable_reason()
-    if reason:
-        skip_or_fail(reason)
-    mosquitto = find_tool("mosquitto")
-    if mosquitto is None:
-        skip_or_fail("mosquitto is not installed (.ci/run installs it)")
-    assert mosquitto is not None
-    sweep_stale()
+def test_federation_learns_across_namespaces_and_a_link_outage(
+        tmp_path: Path, netns_ready: None, mosquitto_path: str, skip_or_fail: Callable[[str], None]) -> None:
+    mosquitto = mosquitto_path
     started = time.monotonic()
     epoch = time.time()
     procs: dict[str, subprocess.Popen[bytes]] = {}
