@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from koala_async.tools.netns import NETNS_DIR, Impairment, Topology
+from koala_async.tools.netns import NETNS_DIR, Impairment, NetnsError, Topology
 
 # A TCP echo server on HOST:PORT that prints "listening" once bound.
 ECHO = """
@@ -105,3 +105,14 @@ def test_delay_holds_each_direction(netns_ready: None) -> None:
     print(f"\ndelay 100 ms each way via {method}: round trip {result}s")
     assert not result.startswith("error"), result
     assert float(result) >= 0.2  # 100 ms out and 100 ms back, at least
+
+
+def test_netem_is_used_where_the_kernel_has_it_and_refused_cleanly_where_not(netns_ready: None) -> None:
+    topo = Topology(["a", "b"], impair={"a": Impairment(delay_ms=10, loss_pct=1)}, netem=True)
+    try:
+        with topo:
+            assert topo.method == "netem"
+            assert topo.endpoint("a", "b", 7000) == (topo.address("b"), 7000)  # no relay needed
+    except NetnsError as exc:
+        assert "netem" in str(exc)
+    assert topo.leftovers() == []
