@@ -84,14 +84,17 @@ class Watch:
         return {cid: int(counts.get(cid, 0)) for cid in CLIENTS}
 
     def curve(self) -> list[dict[str, Any]]:
-        """One point per server version: (seconds, version, test accuracy, accepted per client)."""
+        """(seconds, version, test accuracy, accepted per client) whenever the version or an accepted
+        count changed."""
         points: list[dict[str, Any]] = []
         for r in self.statuses("server"):
             info = r["info"]
-            if info and (not points or info.get("version") != points[-1]["version"]):
-                points.append({"t": r["t"], "version": info.get("version"),
-                               "test_accuracy": info.get("test_accuracy"),
-                               "accepted_by_client": self.accepted(r["t"])})
+            if not info:
+                continue
+            point = {"t": r["t"], "version": info.get("version"), "test_accuracy": info.get("test_accuracy"),
+                     "accepted_by_client": {c: int(info.get("accepted_by_client", {}).get(c, 0)) for c in CLIENTS}}
+            if not points or any(point[k] != points[-1][k] for k in ("version", "accepted_by_client")):
+                points.append(point)
         return points
 
 
