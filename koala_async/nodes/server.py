@@ -139,6 +139,7 @@ class ServerNode:
         self._seq = SeqCounter()
         # Accepted, not yet fused: (update, envelope, monotonic arrival time).
         self._pending: list[tuple[Update, bytes, float]] = []
+        self._in_flight = 0  # taken from _pending, not yet published: still "pending" to observers
         # Seconds from an update's arrival to the publication of the first version that fused it.
         self.fuse_latency: deque[float] = deque(maxlen=20_000)
         self.keys: dict[str, bytes] | None = None
@@ -341,7 +342,11 @@ class ServerNode:
                     pass
             batch, self._pending = self._pending, []
             self._arrived.clear()
-            await self._advance(batch)
+            self._in_flight = len(batch)
+            try:
+                await self._advance(batch)
+            finally:
+                self._in_flight = 0
 
     async def _advance(self, batch: list[tuple[Update, bytes, float]], steps: int | None = None) -> None:
         """Fuse ``batch`` (accepted updates), distill, and publish the next knowledge version."""
@@ -416,7 +421,7 @@ class ServerNode:
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
             "staleness_hist": dict(m.staleness_hist),
-            "pending": len(self._pending),
+            "pending": len(self._pending) + self._in_flight,
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,
             "distill_seconds": round(m.distill_seconds, 3),

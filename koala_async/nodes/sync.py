@@ -81,7 +81,11 @@ class RoundServerNode(ServerNode):
             summary = self.barrier.summary()
             log.info("round %d complete: %d delivered (%s), %s still awaited", self.version, len(batch),
                      ", ".join(summary["delivered"]), summary["awaited"] or "none")  # type: ignore[arg-type]
-            await self._complete_round(batch)
+            self._in_flight = len(batch)
+            try:
+                await self._complete_round(batch)
+            finally:
+                self._in_flight = 0
             self.barrier.start(self.version, time.monotonic(), self._available())
 
     async def _complete_round(self, batch: list[tuple[Any, bytes, float]]) -> None:
