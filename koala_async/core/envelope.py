@@ -188,6 +188,8 @@ def encode(message: Message) -> bytes:
                 "temperature": float(message.temperature), "tiers": list(message.accepted_tiers),
                 "logits": None if message.logits is None
                 else pack_array(message.logits.astype(np.float16, copy=False))}
+        if message.mode != "async":  # absent means async: older decoders and payloads stay valid
+            body["mode"] = message.mode
         head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at)
     elif isinstance(message, ProxySet):
         body = {"proxy": message.proxy_id, "classes": message.num_classes,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from koala_async.config import find_line, load_into, read_toml
 from koala_async.core.envelope import MODES
@@ -32,7 +32,7 @@ ASSERTION_KINDS = ("final_accuracy", "max_staleness", "nothing_accepted_lost",
 @dataclass(frozen=True)
 class FederationSpec:
     name: str = "default"
-    mode: str = "async"
+    mode: Literal["async", "sync", "fedavg"] = "async"  # core.envelope.MODES
     dataset: str = "digits"
     seed: int = 0
     alpha: float = 0.5
