@@ -70,7 +70,8 @@ class FedAvgServerNode(RoundServerNode):
         if reason != "accepted":
             self.rejects.reject(reason, f"seq={message.seq}", message.sender)
             return
-        self._record_accepted(message, b"", 0)  # the weights are kept once, in the message
+        # Counted and queued like a KOALA update; the round loop reads only sender, seq and arrival.
+        self._record_accepted(message, b"", 0)  # type: ignore[arg-type]
         self._arrived.set()
 
     async def _complete_round(self, batch: list[tuple[Any, bytes, float]]) -> None:

@@ -26,17 +26,7 @@ import numpy as np
 
 from koala_async.core.admission import AdmissionContext, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import (
-    MODES,
-    Knowledge,
-    Limits,
-    ProxySet,
-    Status,
-    Update,
-    Weights,
-    decode,
-    encode,
-)
+from koala_async.core.envelope import MODES, Knowledge, Limits, ProxySet, Status, Update, decode, encode
 from koala_async.core.fusion import Contribution, Fusion, FusionConfig
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.staleness import StalenessPolicy
@@ -304,7 +294,7 @@ class ServerNode:
         """``accepted``, or why the round-based modes refuse an otherwise admissible update."""
         return "accepted"
 
-    def _record_accepted(self, update: Update | Weights, envelope: bytes, staleness: int) -> None:
+    def _record_accepted(self, update: Update, envelope: bytes, staleness: int) -> None:
         self.seen.add(update.sender, update.seq)
         m = self.metrics
         m.accepted += 1

@@ -280,9 +280,8 @@ def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | No
             raise ConfigError(f"--broker: {exc}") from None
         scenario = replace(scenario, broker=spec)
     if mode:
-        try:
-            scenario = replace(scenario, federation=replace(scenario.federation, mode=mode))
-        except ValueError as exc:
-            raise ConfigError(f"--mode: {exc}") from None
+        if mode not in MODES:
+            raise ConfigError(f"--mode: mode {mode!r} is not one of {list(MODES)}")
+        scenario = replace(scenario, federation=replace(scenario.federation, mode=mode))  # type: ignore[arg-type]
     timeline, late = _build_timeline(scenario, text)
     return replace(scenario, timeline=timeline, late=late)
