@@ -312,7 +312,9 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
                         "version": srv.get("version", 0), "timeline": observer.timeline,
                         "tier_trust": srv.get("tier_trust"), "target_accuracy": target,
-                        "time_to_target": time_to_target(observer.timeline, target)},
+                        "time_to_target": time_to_target(observer.timeline, target),
+                        # when the server first reported (process start-up before it is not learning)
+                        "first_report_at": observer.timeline[0][0] if observer.timeline else None},
         "local_only": {"mean_test_accuracy": sum(local_values) / len(local_values) if local_values else None,
                        "per_client": local},
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),
