@@ -15,10 +15,14 @@ Rules, in order:
 - A delivery for the current round is accepted (also from a client outside the selection: a late
   joiner that made it in time); one built on an older round is ``stale``, one on a round that has not
   started is ``future_version``, a second one from the same client in the round is ``duplicate_round``.
-- The round is complete (and closed: a delivery for it from now on is ``stale``) when it has at least one delivery and nobody selected is still awaited, or
-  when ``timeout`` seconds have passed since it started and it has at least one delivery (a dead
-  client that sent no last will cannot hang the federation). A round with no delivery never
-  completes: there is nothing to aggregate.
+- The round is complete (and closed: a delivery for it from now on is ``stale``) when it has at least
+  one delivery and nobody selected is still awaited, or when ``timeout`` seconds have passed since it
+  started and it has at least one delivery (a dead client that sent no last will cannot hang the
+  federation). A round with no delivery never completes: there is nothing to aggregate.
+- A complete round with fewer than ``min_clients`` deliveries is ``too_small`` (Flower's
+  ``min_fit_clients``, 2 by default there): the node closes it without aggregating, so one client
+  left alone at the end of a run (a rejoined one with a fresh budget) cannot replace the global model
+  with its own non-IID one. Its delivery is counted in ``discarded``.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class RoundState:
     delivered: list[str] = field(default_factory=list)
     dropped: set[str] = field(default_factory=set)  # selected, then went away
     closed: bool = False  # complete() said yes: it is being aggregated, late deliveries are stale
+    too_small: bool = False  # closed with fewer than min_clients deliveries: not to be aggregated
 
     @property
     def frozen(self) -> bool:
@@ -54,10 +59,15 @@ class RoundState:
 class RoundBarrier:
     """``barrier.start(r, now, available)``, then ``update_available``/``deliver``, then ``complete(now)``."""
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, min_clients: int = 1) -> None:
         if timeout <= 0:
             raise ValueError("round timeout must be > 0")
+        if min_clients < 1:
+            raise ValueError("min_clients must be >= 1")
         self.timeout = timeout
+        self.min_clients = min_clients
+        self.too_small_rounds = 0
+        self.discarded = 0
         self.round: RoundState | None = None
         self.available: set[str] = set()
         self.timed_out_rounds = 0
@@ -118,6 +128,10 @@ class RoundBarrier:
         if self.awaited():
             self.timed_out_rounds += 1
         r.closed = True
+        if len(r.delivered) < self.min_clients:
+            r.too_small = True
+            self.too_small_rounds += 1
+            self.discarded += len(r.delivered)
         return True
 
     def deadline(self) -> float | None:
@@ -131,4 +145,5 @@ class RoundBarrier:
                 "delivered": list(r.delivered) if r else [],
                 "awaited": sorted(self.awaited()),
                 "timed_out_rounds": self.timed_out_rounds,
+                "too_small_rounds": self.too_small_rounds, "discarded": self.discarded,
                 "rejected": dict(self.rejected)}

@@ -77,7 +77,8 @@ class FedAvgServerNode(RoundServerNode):
     async def _complete_round(self, batch: list[tuple[Any, bytes, float]]) -> None:
         models = [(w.params, float(w.n_samples)) for w, _, _ in batch]
         started = time.perf_counter()
-        await asyncio.to_thread(self._aggregate, models)
+        if models:  # empty: a round too small to aggregate; the same weights become the next round
+            await asyncio.to_thread(self._aggregate, models)
         self.metrics.distill_seconds += time.perf_counter() - started  # here: averaging + evaluation
         self.version += 1
         self.metrics.timeline.append((round(time.monotonic() - self._started, 3), self.version,

@@ -50,6 +50,7 @@ class ServerConfig:
     # "async" (KOALA, no rounds: this class), "sync" (KOALA in rounds) or "fedavg": see nodes/modes.py.
     mode: str = "async"
     round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
+    round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
     # Data: a dataset name from which proxy and test splits are derived (as clients derive shards),
     # or explicit .npz files.
     dataset: str = "digits"
@@ -91,8 +92,8 @@ class ServerConfig:
             raise ValueError("distill_steps and buffer_size must be >= 1")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
-        if self.round_timeout <= 0:
-            raise ValueError("round_timeout must be > 0")
+        if self.round_timeout <= 0 or self.round_min_clients < 1:
+            raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
 
 
 @dataclass

@@ -35,7 +35,7 @@ class RoundServerNode(ServerNode):
 
     def __init__(self, config: ServerConfig) -> None:
         super().__init__(config)
-        self.barrier = RoundBarrier(config.round_timeout)
+        self.barrier = RoundBarrier(config.round_timeout, config.round_min_clients)
 
     def _available(self) -> set[str]:
         """Clients that can take part: online (retained status / last will) and not done."""
@@ -78,6 +78,12 @@ class RoundServerNode(ServerNode):
             if not self.barrier.complete(time.monotonic()):
                 continue
             batch, self._pending = self._pending, []
+            if self.barrier.round is not None and self.barrier.round.too_small:
+                # Not aggregated: the same model is republished as the next round, so the clients
+                # still in the run move on (and the run can end).
+                log.info("round %d: %d delivered < %d, not aggregated", self.version, len(batch),
+                         self.config.round_min_clients)
+                batch = []
             summary = self.barrier.summary()
             log.info("round %d complete: %d delivered (%s), %s still awaited", self.version, len(batch),
                      ", ".join(summary["delivered"]), summary["awaited"] or "none")  # type: ignore[arg-type]
@@ -99,4 +105,5 @@ class SyncServerNode(RoundServerNode):
     """KOALA in rounds: fuse the round's logits, distill, publish the next knowledge version."""
 
     async def _complete_round(self, batch: list[tuple[Any, bytes, float]]) -> None:
+        # An empty batch (a round too small to aggregate) distills nothing and republishes.
         await self._advance(batch, steps=self.config.distill_steps * len(batch))

@@ -100,3 +100,28 @@ def test_summary_names_selected_delivered_and_awaited() -> None:
     assert summary["delivered"] == ["b"]
     assert summary["awaited"] == ["a", "c"]
     assert barrier.deadline() == TIMEOUT
+
+
+@pytest.mark.parametrize(("deliveries", "min_clients", "too_small"), [
+    (["a"], 2, True), (["a", "b"], 2, False), (["a"], 1, False), (["a", "b"], 3, True)])
+def test_a_round_below_min_clients_closes_without_aggregation(deliveries: list[str], min_clients: int,
+                                                                too_small: bool) -> None:
+    barrier = RoundBarrier(TIMEOUT, min_clients=min_clients)
+    barrier.start(0, 0.0, set(deliveries))  # only these clients are left: nobody else is awaited
+    for client in deliveries:
+        assert barrier.deliver(client, 0).accepted
+    assert barrier.complete(0.1)
+    assert barrier.round is not None and barrier.round.too_small is too_small
+    assert barrier.summary()["too_small_rounds"] == int(too_small)
+    assert barrier.summary()["discarded"] == (len(deliveries) if too_small else 0)
+
+
+def test_min_clients_does_not_stop_waiting_for_the_selected() -> None:
+    barrier = RoundBarrier(TIMEOUT, min_clients=2)
+    barrier.start(0, 0.0, {"a", "b"})
+    barrier.deliver("a", 0)
+    assert not barrier.complete(1.0)  # b is still awaited
+    assert barrier.complete(TIMEOUT)  # it never came: closed, too small to aggregate
+    assert barrier.round is not None and barrier.round.too_small
+    with pytest.raises(ValueError):
+        RoundBarrier(1.0, min_clients=0)
