@@ -80,12 +80,17 @@ async def test_sync_koala_learns_in_rounds_and_stops_waiting_for_a_client_that_l
     async with AsyncExitStack() as stack:
         server = await stack.enter_async_context(SyncServerNode(
             ServerConfig(broker=url, mode="sync", round_timeout=60)))
+        # c2 takes part in round 0 only, then goes away: round 1 must not wait for it. It comes up
+        # first, so it is online (selected) before anyone can deliver.
+        leaving = AsyncExitStack()
+        leaver = await leaving.enter_async_context(ClientNode(client_config(url, "sync", 2, 1)))
         stayers = [await stack.enter_async_context(ClientNode(client_config(url, "sync", i, 2)))
                    for i in range(2)]
-        # c2 takes part in round 0 only, then goes away: round 1 must not wait for it.
-        async with ClientNode(client_config(url, "sync", 2, 1)) as leaver:
+        try:
             async with asyncio.timeout(60):
                 await leaver.done()
+        finally:
+            await leaving.aclose()  # goodbye status: online = false
         await run_rounds(stack, server, stayers, rounds=2)
 
         assert server.metrics.accepted_by_client == {"c0": 2, "c1": 2, "c2": 1}
