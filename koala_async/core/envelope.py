@@ -27,7 +27,11 @@ KIND_UPDATE = "update"
 KIND_KNOWLEDGE = "knowledge"
 KIND_PROXY = "proxy"
 KIND_STATUS = "status"
-KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS)
+KIND_WEIGHTS = "weights"
+KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS)
+
+# Federation modes (docs/scenarios.md): KOALA without rounds, KOALA in synchronous rounds, FedAvg.
+MODES = ("async", "sync", "fedavg")
 
 # Only these dtypes may cross the wire; anything else is a "bad_dtype".
 ALLOWED_DTYPES = {"<f2": np.float16, "<f4": np.float32, "<u4": np.uint32, "|u1": np.uint8,
@@ -45,6 +49,8 @@ class Limits:
     max_sender_len: int = 128
     max_seq: int = 2**53
     max_version: int = 2**53
+    max_tensors: int = 256  # parameter tensors in one weights message
+    max_name_len: int = 128
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,7 @@ class Knowledge:
     logits: np.ndarray | None  # (N, C) float16; None before the first distillation
     accepted_tiers: tuple[str, ...] = ()
     sent_at: float = 0.0
+    mode: str = "async"  # "sync": the version is a round; clients train once per version
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,23 @@ class Status:
     sent_at: float = 0.0
 
 
-Message = Update | Knowledge | ProxySet | Status
+@dataclass(frozen=True)
+class Weights:
+    """Full model weights (FedAvg): a client's locally trained model built on global ``base_version``,
+    or the server's global model at ``base_version``. ``params`` maps parameter name -> float32 array;
+    whether names and shapes fit the architecture ``model`` is checked by
+    :func:`koala_async.core.weights.check_weights`, which needs the expected shapes."""
+
+    sender: str
+    seq: int
+    base_version: int
+    model: str
+    n_samples: int
+    params: dict[str, np.ndarray]
+    sent_at: float = 0.0
+
+
+Message = Update | Knowledge | ProxySet | Status | Weights
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -170,6 +193,8 @@ def encode(message: Message) -> bytes:
                 "temperature": float(message.temperature), "tiers": list(message.accepted_tiers),
                 "logits": None if message.logits is None
                 else pack_array(message.logits.astype(np.float16, copy=False))}
+        if message.mode != "async":  # absent means async: older decoders and payloads stay valid
+            body["mode"] = message.mode
         head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at)
     elif isinstance(message, ProxySet):
         body = {"proxy": message.proxy_id, "classes": message.num_classes,
@@ -179,6 +204,11 @@ def encode(message: Message) -> bytes:
         body = {"role": message.role, "online": message.online, "state": message.state,
                 "info": message.info}
         head = _header(KIND_STATUS, message.sender, message.seq, 0, message.sent_at)
+    elif isinstance(message, Weights):
+        body = {"model": message.model, "n": message.n_samples,
+                "params": {name: pack_array(np.asarray(value, dtype=np.float32))
+                           for name, value in message.params.items()}}
+        head = _header(KIND_WEIGHTS, message.sender, message.seq, message.base_version, message.sent_at)
     else:  # pragma: no cover - guarded by typing
         raise TypeError(f"cannot encode {type(message).__name__}")
     head["body"] = body
@@ -246,6 +276,8 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
         labels = None
         if body.get("labels") is not None:
             labels = unpack_array(body["labels"], "labels", limits)
+            if labels.dtype != np.uint32:
+                raise MessageError("bad_dtype", f"labels must be uint32 counts, got {labels.dtype}")
             if labels.shape != (logits.shape[1],):
                 raise MessageError("shape_mismatch", "labels must hold one count per class")
         tier = _get(body, "tier", str, kind)
@@ -266,9 +298,14 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
         tiers = body.get("tiers", [])
         if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
             raise MessageError("bad_field", "knowledge.tiers")
+        mode = body.get("mode", "async")
+        if mode not in MODES:
+            raise MessageError("bad_field", f"knowledge.mode={mode!r}")
         return Knowledge(sender=sender, seq=seq, version=base, proxy_id=_get(body, "proxy", str, kind),
                          num_classes=classes, temperature=float(temperature), logits=k_logits,
-                         accepted_tiers=tuple(tiers), sent_at=float(sent_at))
+                         accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode)
+    if kind == KIND_WEIGHTS:
+        return _decode_weights(body, sender, seq, base, float(sent_at), limits)
     if kind == KIND_PROXY:
         inputs = unpack_array(_get(body, "inputs", dict, kind), "inputs", limits)
         if inputs.dtype.kind != "f" or inputs.ndim < 2 or math.prod(inputs.shape[1:]) > limits.max_features:
@@ -282,3 +319,23 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
     return Status(sender=sender, seq=seq, role=_get(body, "role", str, kind),
                   online=_get(body, "online", bool, kind), state=str(body.get("state", ""))[:256],
                   info=info, sent_at=float(sent_at))
+
+
+def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent_at: float,
+                    limits: Limits) -> Weights:
+    params_raw = _get(body, "params", dict, KIND_WEIGHTS)
+    if not 0 < len(params_raw) <= limits.max_tensors:
+        raise MessageError("bad_weights", f"{len(params_raw)} tensors (1..{limits.max_tensors} allowed)")
+    params: dict[str, np.ndarray] = {}
+    for name, packed in params_raw.items():
+        if not isinstance(name, str) or not 0 < len(name) <= limits.max_name_len:
+            raise MessageError("bad_weights", f"parameter name {str(name)[:40]!r}")
+        array = unpack_array(packed, name, limits)
+        if array.dtype != np.float32:
+            raise MessageError("bad_dtype", f"parameter {name} is {array.dtype}, weights travel as float32")
+        params[name] = array
+    model = _get(body, "model", str, KIND_WEIGHTS)
+    if not 0 < len(model) <= 64:
+        raise MessageError("bad_field", "weights.model")
+    return Weights(sender=sender, seq=seq, base_version=base, model=model,
+                   n_samples=_int(body.get("n"), "n_samples", 1 << 40), params=params, sent_at=sent_at)

@@ -15,10 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from koala_async.core.envelope import Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.envelope import MODES, Knowledge, Limits, ProxySet, Update, decode, encode
 from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
 from koala_async.core.signing import sign, unwrap
-from koala_async.core.tiering import TierPolicy, choose_tier, next_tier, readiness, samples_per_epoch
+from koala_async.core.tiering import (
+    TierPolicy,
+    TierSpec,
+    choose_tier,
+    next_tier,
+    readiness,
+    samples_per_epoch,
+)
 from koala_async.core.topics import Topics, check_id
 from koala_async.errors import MessageError
 from koala_async.io.transport import Transport, Will
@@ -43,6 +50,9 @@ class ClientConfig:
     node_id: str = "client-0"
     broker: str = "mqtt://127.0.0.1:1883"
     federation: str = "default"
+    # "async" (KOALA, no rounds), "sync" (KOALA, train once per knowledge version; also followed when
+    # the server's knowledge says mode "sync") or "fedavg" (train the server's model: nodes/fedavg_client.py).
+    mode: str = "async"
     # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
     # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test).
     data_path: str | None = None
@@ -75,6 +85,7 @@ class ClientConfig:
     state_dir: str | None = None
     pending_max_staleness: int = 10
     signing_key: str | None = None  # HMAC key shared with the server's keys file
+    keepalive: int = 30  # MQTT keepalive, seconds: a dead link is noticed after 1-1.5x this
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node_id")
@@ -84,6 +95,10 @@ class ClientConfig:
             raise ValueError(f"shard {self.shard} is not in [0, num_shards={self.num_shards})")
         if self.slowdown < 1:
             raise ValueError("slowdown must be >= 1")
+        if self.keepalive < 1:
+            raise ValueError("keepalive must be >= 1 second")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 
@@ -112,6 +127,7 @@ class ClientNode:
         if self._state is not None:
             self._seq = SeqCounter(max(self._seq.value, self._state.last_seq()))
         self._proxy_ready = asyncio.Event()
+        self._new_version = asyncio.Event()  # set whenever knowledge (or a global model) arrives
         self._done = asyncio.Event()
         self._rng = random.Random(f"{config.seed}-{config.node_id}")
         self._stack: AsyncExitStack | None = None
@@ -191,11 +207,18 @@ class ClientNode:
         """How long this training takes at the profile's FLOP/s (0 without a profile)."""
         if self.profile is None or not self.resources.flops:
             return 0.0
-        spec = next((t for t in self.catalog if t.name == self.tier), None)
+        spec = self._trained_spec()
         if spec is None:  # an explicit architecture outside the catalog
             return 0.0
         flops = spec.train_flops_per_sample * self._samples_per_epoch(distilling) * self.config.train.epochs
         return flops / self.resources.flops
+
+    def _trained_spec(self) -> TierSpec | None:
+        """The measured architecture this client trains (None for one outside the catalog)."""
+        return next((t for t in getattr(self, "catalog", ()) if t.name == getattr(self, "tier", None)), None)
+
+    def _subscriptions(self) -> tuple[tuple[str, int], ...]:
+        return ((self.topics.proxy, 1), (self.topics.knowledge, 1))
 
     async def __aenter__(self) -> ClientNode:
         await asyncio.to_thread(self._prepare)
@@ -208,8 +231,8 @@ class ClientNode:
         self._stack = AsyncExitStack()
         self.transport = await self._stack.enter_async_context(Transport(
             address, f"koala-{cfg.federation}-{cfg.node_id}", will=will,
-            subscriptions=((self.topics.proxy, 1), (self.topics.knowledge, 1)),
-            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF))
+            subscriptions=self._subscriptions(), on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF,
+            keepalive=cfg.keepalive))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(tasks.create_task(self._receive(), name=f"{cfg.node_id}-receive"))
         self._tasks.append(tasks.create_task(self._contribute(), name=f"{cfg.node_id}-train"))
@@ -250,6 +273,7 @@ class ClientNode:
             elif msg.topic == self.topics.knowledge and isinstance(message, Knowledge):
                 # Newest by arrival: a restarted server may legitimately resume at a lower version.
                 self.knowledge = message
+                self._new_version.set()
             else:
                 self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
 
@@ -261,12 +285,33 @@ class ClientNode:
         await self._resume_pending()
         while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
             self.state = "idle"
-            await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
+            if self._in_rounds():
+                await self._wait_for_new_version()  # the round is the pacing: no extra idle time
+            else:
+                await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
             await self._wait_until_ready()
             await self._train_and_publish()
         self.state = "done"
         await self._publish_status()
         self._done.set()
+
+    def _in_rounds(self) -> bool:
+        """Synchronous rounds: configured, or announced by the server's knowledge."""
+        return self.config.mode != "async" or (self.knowledge is not None and self.knowledge.mode != "async")
+
+    def _current_version(self) -> int | None:
+        return self.knowledge.version if self.knowledge is not None else None
+
+    async def _wait_for_new_version(self) -> None:
+        """Wait until the server publishes a version this client has not trained on yet."""
+        trained = self._trained_on[0] if self._trained_on is not None else None
+        if self._trained_on is not None and self._current_version() == trained:
+            self.state = "waiting for the next round"
+            await self._publish_status()
+        while self._current_version() is None or (self._trained_on is not None
+                                                  and self._current_version() == trained):
+            self._new_version.clear()
+            await self._new_version.wait()
 
     async def _train_and_publish(self) -> None:
         cfg = self.config
@@ -287,12 +332,7 @@ class ClientNode:
             ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
         logits = await asyncio.to_thread(self._train, proxy.inputs, teacher, ids)
         self._trained_on = (knowledge.version if knowledge else None, len(self.data))
-        # A simulated device takes as long as its profile's FLOP/s make this training take.
-        simulated = self._simulated_seconds(teacher is not None)
-        if simulated > 0:
-            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
-        if cfg.slowdown > 1:
-            await asyncio.sleep((time.perf_counter() - started) * (cfg.slowdown - 1))
+        await self._pace(started, teacher is not None)
         update = Update(sender=cfg.node_id, seq=self._seq.next(), base_version=base_version, tier=self.tier,
                         n_samples=len(self.data), proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids,
                         sent_at=time.time(),
@@ -309,6 +349,15 @@ class ClientNode:
         self.updates_sent += 1
         self.bytes_up += len(payload)
         await self._publish_status()
+
+    async def _pace(self, started: float, distilling: bool) -> None:
+        """Make a training that began at ``started`` (perf_counter) last as long as on this device."""
+        # A simulated device takes as long as its profile's FLOP/s make this training take.
+        simulated = self._simulated_seconds(distilling)
+        if simulated > 0:
+            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
+        if self.config.slowdown > 1:
+            await asyncio.sleep((time.perf_counter() - started) * (self.config.slowdown - 1))
 
     async def _resume_pending(self) -> None:
         """Publish an update a crash left unacknowledged, unless it has gone stale meanwhile."""
@@ -350,8 +399,15 @@ class ClientNode:
         return predict_logits(self.trainer.model, chosen).astype(np.float16)
 
     def snapshot(self) -> dict[str, Any]:
+        from koala_async.io.resources import peak_rss_bytes
+
+        spec = self._trained_spec()
         return {
+            "mode": self.config.mode,
             "tier": getattr(self, "tier", None),
+            "model_params": spec.params if spec else None,
+            "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
+            "rss_peak_bytes": peak_rss_bytes(),
             "tier_reason": self.tier_reason,
             "resources": self.resources.summary(),
             "n_samples": len(self.data) if hasattr(self, "data") else 0,
