@@ -89,12 +89,11 @@ def mode_row(report: Mapping[str, Any]) -> dict[str, Any]:
     up, down = _number(bytes_.get("up")), _number(bytes_.get("down"))
     row["bytes_up_per_client"] = up / n_clients if up is not None and n_clients else None
     row["bytes_down_per_client"] = down / n_clients if down is not None and n_clients else None
-    per_update = _number(_first(report, "bytes.per_update", "bytes.mean_per_update", "bytes_per_update",
-                                "updates.mean_bytes", "updates.bytes_per_update"))
+    per_update = _number(_first(report, "bytes.per_update_mean", "bytes.per_update"))
     if per_update is None:
         per_update = ratio(up, row["updates_sent"])
         if per_update is not None:
-            reasons["bytes_per_update"] = "report has no mean bytes per update: client bytes up / updates sent"
+            reasons["bytes_per_update"] = "report has no bytes.per_update_mean: client bytes up / updates sent"
     row["bytes_per_update"] = per_update
     row["client_params"] = _client_mean(clients, "params", "model_params", "client_params")
     row["client_train_flops_per_sample"] = _client_mean(clients, "train_flops_per_sample",

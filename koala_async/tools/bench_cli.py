@@ -10,7 +10,7 @@ from pathlib import Path
 from koala_async.core.benchstats import MODES
 from koala_async.errors import ConfigError
 
-DEFAULT_SCENARIOS = ("scenarios/bench/bench.toml", "scenarios/bench.toml", "scenarios/quickstart.toml")
+DEFAULT_SCENARIOS = ("scenarios/bench/stragglers-churn.toml", "scenarios/quickstart.toml")
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
@@ -19,8 +19,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", help="write the JSON result here")
     p.add_argument("--plot", help="write a PNG of accuracy against wall time for every mode here")
     p.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: %(default)s)")
-    p.add_argument("--target", type=float, help="target accuracy for time-to-target (default: 0.9 x the "
-                   "lowest final accuracy among the modes)")
+    p.add_argument("--target", type=float, help="target accuracy for time-to-target (default: the scenario's "
+                   "federation.target_accuracy, else 0.9 x the lowest final accuracy among the modes)")
     p.add_argument("--quick", action="store_true", help="a tiny variant for CI (well under 2 minutes)")
     p.add_argument("--broker", help="broker for the scenario runs: embedded, mosquitto or mqtt://HOST:PORT")
     p.add_argument("--workdir", help="where runs keep configs and logs (default: a temp dir)")

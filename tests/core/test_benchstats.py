@@ -51,9 +51,9 @@ def test_mode_row_reads_the_report_and_explains_what_is_missing() -> None:
 
 
 def test_mode_row_prefers_fields_the_report_carries() -> None:
-    rep = report(bytes={"up": 100, "down": 1, "per_update": 7.5})
-    rep["clients"]["c0"].update(rss_peak_bytes=100, params=10, train_flops_per_sample=50)
-    rep["clients"]["c1"].update(rss_peak_bytes=300, params=30, train_flops_per_sample=70)
+    rep = report(bytes={"up": 100, "down": 1, "per_update_mean": 7.5})
+    rep["clients"]["c0"].update(rss_peak_bytes=100, model_params=10, train_flops_per_sample=50)
+    rep["clients"]["c1"].update(rss_peak_bytes=300, model_params=30, train_flops_per_sample=70)
     row = mode_row(rep)
     assert row["bytes_per_update"] == 7.5 and "bytes_per_update" not in row["reasons"]
     assert row["client_rss_peak_bytes"] == 300  # the peak, not the mean
