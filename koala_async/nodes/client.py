@@ -1,29 +1,52 @@
 """The client node: trains its small model on private data when ready, distilling the server's latest
 knowledge, and publishes float16 logits on proxy samples. It never sends data, and never waits for
 other clients.
+
+Embedded in a gateway's own asyncio program, it runs in the caller's loop (training in a worker
+thread), takes private samples as they come (:meth:`ClientNode.add_samples`, bounded by
+``max_samples`` under a ``retention`` policy, see :mod:`koala_async.core.retention`), may start with
+no data at all (``dataset = "none"``: it trains once it holds ``min_samples``), and reports what
+happens through :meth:`ClientNode.events`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+import threading
 import time
+from collections import Counter, deque
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-from koala_async.core.envelope import Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.envelope import Ack, Knowledge, Limits, ProxySet, Update, decode, encode
 from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
+from koala_async.core.retention import RETENTIONS, AddResult, SampleBuffer
 from koala_async.core.signing import sign, unwrap
 from koala_async.core.tiering import TierPolicy, choose_tier, next_tier, readiness, samples_per_epoch
 from koala_async.core.topics import Topics, check_id
-from koala_async.errors import MessageError
+from koala_async.errors import DataError, MessageError
 from koala_async.io.transport import Transport, Will
 from koala_async.nodes.client_state import ClientState
 from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
+from koala_async.nodes.events import (
+    EventHub,
+    EventStream,
+    KnowledgeChanged,
+    TierChanged,
+    UpdateAccepted,
+    UpdatePublished,
+    UpdateRejected,
+    link_listener,
+)
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +67,10 @@ class ClientConfig:
     broker: str = "mqtt://127.0.0.1:1883"
     federation: str = "default"
     # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
-    # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test).
+    # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test),
+    # or nothing (dataset "none"): an embedded client fed through ``add_samples``.
     data_path: str | None = None
-    dataset: str = "digits"
+    dataset: str | None = "digits"
     seed: int = 0
     shard: int = 0
     num_shards: int = 1
@@ -75,9 +99,26 @@ class ClientConfig:
     state_dir: str | None = None
     pending_max_staleness: int = 10
     signing_key: str | None = None  # HMAC key shared with the server's keys file
+    # Samples held in memory (initial data plus everything added), and which survive past that:
+    # "reservoir" = a uniform sample of all ever seen (seeded), "newest" = a sliding window.
+    max_samples: int = 10_000
+    retention: str = "reservoir"
+    min_samples: int = 10  # no training before this many samples are held
+    # Input spec of an embedded client; inferred (first samples, then the server's proxy set) if unset.
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    event_queue: int = 256  # per events() consumer; a full queue drops its oldest event
 
     def __post_init__(self) -> None:
         check_id(self.node_id, "node_id")
+        if self.retention not in RETENTIONS:
+            raise ValueError(f"retention must be one of {list(RETENTIONS)}, got {self.retention!r}")
+        if self.max_samples < 1 or not 1 <= self.min_samples <= self.max_samples:
+            raise ValueError("need 1 <= min_samples <= max_samples")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        if self.event_queue < 1:
+            raise ValueError("event_queue must be >= 1")
         if not 0 < self.proxy_subset <= 1:
             raise ValueError("proxy_subset must be in (0, 1]")
         if not 0 <= self.shard < self.num_shards:
@@ -89,7 +130,11 @@ class ClientConfig:
 
 
 class ClientNode:
-    """``async with ClientNode(config) as client: await client.done()``."""
+    """``async with ClientNode(config) as client: await client.done()``.
+
+    Everything runs in the caller's event loop; cancelling the task inside ``async with`` unwinds the
+    node completely (its tasks, and any training thread, which stops after its current minibatch).
+    """
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -106,7 +151,21 @@ class ClientNode:
         self.profile = get_profile(config.profile) if config.profile else None
         self.resources = ResourceSnapshot()
         self.tier_reason = ""
-        self._trained_on: tuple[int | None, int] | None = None  # (knowledge version, data size)
+        self._trained_on: tuple[int | None, int] | None = None  # (knowledge version, samples seen)
+        self.samples = SampleBuffer(config.max_samples, config.retention,  # type: ignore[arg-type]
+                                    seed=config.seed * 1_000_003 + config.shard,
+                                    input_shape=config.input_shape, num_classes=config.num_classes)
+        self.tier: str | None = None
+        self.trainer: Any = None
+        self.catalog: tuple[Any, ...] = ()
+        self.updates_accepted = 0
+        self.updates_rejected: Counter[str] = Counter()
+        self._events = EventHub(config.node_id, config.event_queue)
+        self._sent_seqs: deque[int] = deque(maxlen=1024)  # seqs we published: the acks we expect
+        self._data_added = asyncio.Event()
+        self._stop = threading.Event()  # tells a running training thread to stop early
+        self._threads: set[asyncio.Future[Any]] = set()
+        self._loop_thread: int | None = None
         self._seq = SeqCounter()
         self._state = ClientState(config.state_dir) if config.state_dir else None
         if self._state is not None:
@@ -117,39 +176,96 @@ class ClientNode:
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _prepare(self) -> None:
+    def _load_initial(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """The configured private data (blocking; runs in a thread), or None for an empty start."""
+        cfg = self.config
+        limit_threads(cfg.threads)
+        self.resources = self._probe()
+        if not cfg.data_path and cfg.dataset in (None, "", "none"):
+            return None
         from koala_async.learning import data as datasets
+
+        if cfg.data_path:
+            data = datasets.load_npz(cfg.data_path, num_classes=cfg.num_classes)
+        else:
+            assert cfg.dataset is not None
+            fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
+                                    cfg.proxy_fraction)
+            data = fed.client(cfg.shard)
+        return data.x, data.y, data.spec.num_classes
+
+    def _spec(self) -> Any:
+        """The input spec, once input shape and class count are both known (else None)."""
+        from koala_async.learning.models import InputSpec
+
+        shape, classes = self.samples.input_shape, self.samples.num_classes
+        if shape is None or classes is None:
+            return None
+        return InputSpec("image" if len(shape) == 3 else "vector", shape, classes)
+
+    def _setup_model(self) -> None:
+        """Choose the tier and build the trainer (blocking; runs in a thread once the spec is known)."""
         from koala_async.learning.catalog import tier_catalog
         from koala_async.learning.models import client_tiers
 
-        limit_threads(self.config.threads)
-        cfg = self.config
-        if cfg.data_path:
-            self.data = datasets.load_npz(cfg.data_path)
-        else:
-            fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
-                                    cfg.proxy_fraction)
-            self.data = fed.client(cfg.shard)
-        self.catalog = tier_catalog(self.data.spec)
-        self.resources = self._probe()
+        cfg, spec = self.config, self._spec()
+        if spec is None or len(spec.shape) not in (1, 3):
+            raise DataError(f"cannot build a model for input shape {self.samples.input_shape}: use (D,) "
+                            "vectors or (C, H, W) images")
+        self.catalog = tier_catalog(spec)
         if cfg.tier == "auto":
             choice = choose_tier(self.resources, self.catalog, cfg.tier_policy, self._samples_per_epoch())
             self.tier, self.tier_reason = choice.tier, choice.reason
         else:
-            self.tier = cfg.tier or client_tiers(self.data.spec.kind)[1]
+            self.tier = cfg.tier or client_tiers(spec.kind)[1]
             self.tier_reason = "configured" if cfg.tier else "default"
         self._build_trainer()
-        self.label_counts = np.bincount(self.data.y, minlength=self.data.spec.num_classes).astype(np.uint32)
 
     def _build_trainer(self) -> None:
         from koala_async.learning.distill import LocalTrainer, TrainConfig
         from koala_async.learning.models import build_model
 
         cfg, t = self.config, self.config.train
-        self.trainer = LocalTrainer(build_model(self.tier, self.data.spec, seed=cfg.seed + cfg.shard),
+        assert self.tier is not None
+        self.trainer = LocalTrainer(build_model(self.tier, self._spec(), seed=cfg.seed + cfg.shard),
                                     TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                                 kd_weight=t.kd_weight),
                                     seed=cfg.seed + cfg.shard)
+
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run blocking ``fn`` in a worker thread; the node's exit waits for it (no orphan threads)."""
+        future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
+        self._threads.add(future)
+        future.add_done_callback(self._threads.discard)
+        return await asyncio.shield(future)
+
+    async def _join_threads(self) -> None:
+        self._stop.set()
+        while self._threads:
+            await asyncio.wait(set(self._threads))
+
+    def add_samples(self, x: Any, y: Any) -> AddResult:
+        """Add private samples ``x`` (n, *input_shape) with integer labels ``y`` (n,) to a running (or
+        not yet started) client, from the event loop's thread. Memory stays bounded by
+        ``max_samples`` under the ``retention`` policy; the next training uses them (new data makes
+        the client ready). Bad input raises :class:`~koala_async.errors.DataError` and changes nothing.
+        """
+        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
+            raise RuntimeError("add_samples must be called from the node's event loop thread "
+                               "(use loop.call_soon_threadsafe from other threads)")
+        result = self.samples.add(x, y)
+        if result.offered:
+            self._data_added.set()
+        return result
+
+    def events(self, maxsize: int | None = None) -> EventStream:
+        """A new bounded stream of this client's events (see :mod:`koala_async.nodes.events`)."""
+        return self._events.stream(maxsize)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped, over all streams, because a consumer fell behind."""
+        return self._events.dropped
 
     def _probe(self) -> ResourceSnapshot:
         from koala_async.io.resources import probe
@@ -158,7 +274,7 @@ class ClientNode:
 
     def _samples_per_epoch(self, distilling: bool = True) -> int:
         kd = distilling and self.config.train.kd_weight > 0
-        return samples_per_epoch(len(self.data), self.config.train.batch_size, kd)
+        return samples_per_epoch(len(self.samples), self.config.train.batch_size, kd)
 
     async def _wait_until_ready(self) -> None:
         """Re-probe until the readiness policy says train; publish why we wait meanwhile. Then
@@ -166,11 +282,11 @@ class ClientNode:
         cfg = self.config
         since = time.monotonic()
         while True:
-            self.resources = await asyncio.to_thread(self._probe)
+            self.resources = await self._in_thread(self._probe)
             version = self.knowledge.version if self.knowledge else None
-            last_version, last_size = self._trained_on or (None, -1)
+            last_version, last_seen = self._trained_on or (None, -1)
             verdict = readiness(self.resources, cfg.tier_policy, trained_before=self._trained_on is not None,
-                                new_knowledge=version != last_version, new_data=len(self.data) != last_size,
+                                new_knowledge=version != last_version, new_data=self.samples.seen != last_seen,
                                 waited_s=time.monotonic() - since)
             if verdict.ready:
                 break
@@ -184,8 +300,9 @@ class ClientNode:
             tier = next_tier(self.tier, choice, self.catalog)
             if tier != self.tier:
                 log.info("%s moves from %s to %s: %s", cfg.node_id, self.tier, tier, choice.reason)
-                self.tier, self.tier_reason = tier, choice.reason
-                await asyncio.to_thread(self._build_trainer)
+                previous, self.tier, self.tier_reason = self.tier, tier, choice.reason
+                await self._in_thread(self._build_trainer)
+                self._events.emit(TierChanged(cfg.node_id, tier, previous, choice.reason))
 
     def _simulated_seconds(self, distilling: bool) -> float:
         """How long this training takes at the profile's FLOP/s (0 without a profile)."""
@@ -198,7 +315,17 @@ class ClientNode:
         return flops / self.resources.flops
 
     async def __aenter__(self) -> ClientNode:
-        await asyncio.to_thread(self._prepare)
+        self._loop_thread = threading.get_ident()
+        try:
+            initial = await self._in_thread(self._load_initial)
+        except BaseException:
+            await self._join_threads()
+            raise
+        if initial is not None:
+            x, y, classes = initial
+            if self.samples.num_classes is None:
+                self.samples.set_num_classes(classes)
+            self.samples.add(x, y)
         cfg = self.config
         address = broker_address(cfg.broker, username=cfg.username, password=cfg.password,
                                  ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
@@ -208,8 +335,10 @@ class ClientNode:
         self._stack = AsyncExitStack()
         self.transport = await self._stack.enter_async_context(Transport(
             address, f"koala-{cfg.federation}-{cfg.node_id}", will=will,
-            subscriptions=((self.topics.proxy, 1), (self.topics.knowledge, 1)),
-            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF))
+            subscriptions=((self.topics.proxy, 1), (self.topics.knowledge, 1),
+                           (self.topics.ack(cfg.node_id), 1)),
+            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF,
+            on_link=link_listener(self._events, str(address))))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(tasks.create_task(self._receive(), name=f"{cfg.node_id}-receive"))
         self._tasks.append(tasks.create_task(self._contribute(), name=f"{cfg.node_id}-train"))
@@ -218,6 +347,7 @@ class ClientNode:
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
             task.cancel()
+        self._stop.set()
         try:
             if self.transport.connected.is_set():
                 await self.transport.publish(self.topics.client_status(self.config.node_id),
@@ -226,7 +356,11 @@ class ClientNode:
             log.debug("final status not sent: %s", err)
         finally:
             assert self._stack is not None
-            await self._stack.aclose()
+            try:
+                await self._stack.aclose()
+            finally:
+                await self._join_threads()
+                self._events.close()
 
     async def done(self) -> None:
         """Returns once ``max_updates`` updates have been published (never when it is 0)."""
@@ -245,13 +379,62 @@ class ClientNode:
                 self.rejects.error(exc, msg.topic)
                 continue
             if msg.topic == self.topics.proxy and isinstance(message, ProxySet):
+                problem = self._adopt_spec(message)
+                if problem:
+                    self.rejects.reject("spec_mismatch", problem, msg.topic)
+                    continue
                 self.proxy = message
                 self._proxy_ready.set()
             elif msg.topic == self.topics.knowledge and isinstance(message, Knowledge):
                 # Newest by arrival: a restarted server may legitimately resume at a lower version.
+                previous = self.knowledge.version if self.knowledge else None
                 self.knowledge = message
+                if message.version != previous:
+                    self._events.emit(KnowledgeChanged(self.config.node_id, message.version, previous))
+            elif msg.topic == self.topics.ack(self.config.node_id) and isinstance(message, Ack):
+                self._on_ack(message, msg.topic)
             else:
                 self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
+
+    def _adopt_spec(self, proxy: ProxySet) -> str:
+        """Take the input shape and class count from the proxy set where not known yet; a proxy set
+        that contradicts this client's data is refused (returns why)."""
+        shape = tuple(int(d) for d in proxy.inputs.shape[1:])
+        if self.samples.input_shape is not None and self.samples.input_shape != shape:
+            return f"proxy inputs {shape} vs private samples {self.samples.input_shape}"
+        try:
+            self.samples.set_num_classes(proxy.num_classes)
+        except DataError as exc:
+            return str(exc)
+        self.samples.input_shape = shape
+        return ""
+
+    def _on_ack(self, ack: Ack, topic: str) -> None:
+        if ack.client != self.config.node_id or ack.update_seq not in self._sent_seqs:
+            self.rejects.reject("unknown_ack", f"seq={ack.update_seq}", topic)
+            return
+        self._sent_seqs.remove(ack.update_seq)
+        node = self.config.node_id
+        if ack.accepted:
+            self.updates_accepted += 1
+            self._events.emit(UpdateAccepted(node, node, ack.update_seq, ack.version, ack.staleness))
+        else:
+            self.updates_rejected[ack.reason] += 1
+            self._events.emit(UpdateRejected(node, node, ack.update_seq, ack.version, ack.reason))
+
+    async def _wait_for_samples(self) -> None:
+        """Hold off training until ``min_samples`` are held (an embedded client may start empty)."""
+        while len(self.samples) < self.config.min_samples:
+            state = f"waiting: {len(self.samples)}/{self.config.min_samples} samples"
+            if self.state != state:
+                self.state = state
+                await self._publish_status()
+            self._data_added.clear()
+            await self._data_added.wait()
+        if self.trainer is None:
+            await self._in_thread(self._setup_model)
+            assert self.tier is not None
+            self._events.emit(TierChanged(self.config.node_id, self.tier, None, self.tier_reason))
 
     async def _contribute(self) -> None:
         cfg = self.config
@@ -262,6 +445,7 @@ class ClientNode:
         while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
             self.state = "idle"
             await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
+            await self._wait_for_samples()
             await self._wait_until_ready()
             await self._train_and_publish()
         self.state = "done"
@@ -285,29 +469,34 @@ class ClientNode:
         if cfg.proxy_subset < 1:
             count = max(1, int(round(len(proxy.inputs) * cfg.proxy_subset)))
             ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
-        logits = await asyncio.to_thread(self._train, proxy.inputs, teacher, ids)
-        self._trained_on = (knowledge.version if knowledge else None, len(self.data))
+        seen = self.samples.seen
+        x, y = self.samples.arrays()  # a snapshot: add_samples may go on while the thread trains
+        label_counts = self.samples.label_counts()
+        logits = await self._in_thread(self._train, x, y, proxy.inputs, teacher, ids)
+        self._trained_on = (knowledge.version if knowledge else None, seen)
         # A simulated device takes as long as its profile's FLOP/s make this training take.
         simulated = self._simulated_seconds(teacher is not None)
         if simulated > 0:
             await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
         if cfg.slowdown > 1:
             await asyncio.sleep((time.perf_counter() - started) * (cfg.slowdown - 1))
+        assert self.tier is not None
         update = Update(sender=cfg.node_id, seq=self._seq.next(), base_version=base_version, tier=self.tier,
-                        n_samples=len(self.data), proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids,
-                        sent_at=time.time(),
-                        label_counts=self.label_counts if cfg.send_label_counts else None)
+                        n_samples=len(y), proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids,
+                        sent_at=time.time(), label_counts=label_counts if cfg.send_label_counts else None)
         payload = encode(update)
         if cfg.signing_key:
             payload = sign(payload, cfg.signing_key.encode())
         if self._state is not None:
             self._state.save_pending(payload, update.seq)
         self.state = "publishing"
+        self._sent_seqs.append(update.seq)  # before publishing: the ack may beat the PUBACK
         await self.transport.publish(self.topics.update(cfg.node_id), payload, qos=1)
         if self._state is not None:
             self._state.clear_pending()  # PUBACK received: the broker holds it now
         self.updates_sent += 1
         self.bytes_up += len(payload)
+        self._events.emit(UpdatePublished(cfg.node_id, update.seq, base_version, self.tier, len(y), len(payload)))
         await self._publish_status()
 
     async def _resume_pending(self) -> None:
@@ -336,26 +525,33 @@ class ClientNode:
             log.warning("%s: discarding the pending update left by a crash: %s", self.config.node_id, reason)
         else:
             log.info("%s: publishing the pending update left by a crash", self.config.node_id)
+            assert isinstance(update, Update)
+            self._sent_seqs.append(update.seq)
             await self.transport.publish(self.topics.update(self.config.node_id), payload, qos=1)
             self.updates_sent += 1
             self.bytes_up += len(payload)
         self._state.clear_pending()
 
-    def _train(self, proxy_x: np.ndarray, teacher: np.ndarray | None, ids: np.ndarray | None) -> np.ndarray:
+    def _train(self, x: np.ndarray, y: np.ndarray, proxy_x: np.ndarray, teacher: np.ndarray | None,
+               ids: np.ndarray | None) -> np.ndarray:
         from koala_async.learning.distill import predict_logits
 
         px = proxy_x.astype(np.float32)
-        self.last_loss = self.trainer.train(self.data.x, self.data.y, px, teacher)
+        self.last_loss = self.trainer.train(x, y, px, teacher, stop=self._stop)
         chosen = px if ids is None else px[ids]
         return predict_logits(self.trainer.model, chosen).astype(np.float16)
 
     def snapshot(self) -> dict[str, Any]:
         return {
-            "tier": getattr(self, "tier", None),
+            "tier": self.tier,
             "tier_reason": self.tier_reason,
             "resources": self.resources.summary(),
-            "n_samples": len(self.data) if hasattr(self, "data") else 0,
+            "n_samples": len(self.samples),
+            "samples_seen": self.samples.seen,
             "updates_sent": self.updates_sent,
+            "updates_accepted": self.updates_accepted,
+            "updates_rejected": dict(self.updates_rejected),
+            "events_dropped": self._events.dropped,
             "knowledge_version": self.knowledge.version if self.knowledge else 0,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
