@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from koala_async.learning.adam import Adam
+
 
 def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
     """Tempered KL(teacher || student), scaled by T^2 so gradients keep their size across T."""
@@ -57,7 +59,8 @@ class LocalTrainer:
     def __init__(self, model: nn.Module, config: TrainConfig, seed: int = 0) -> None:
         self.model = model
         self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        # Our own Adam, not torch.optim's: that one pulls torch's compiler stack into a client's memory.
+        self.optimizer = Adam(model.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.epochs_done = 0
 
