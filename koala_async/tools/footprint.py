@@ -11,7 +11,8 @@ smallest tier by default. It reports
   sampled by psutil every 10 ms from a thread of this process and as the kernel's own high-water mark
   (``VmHWM`` in ``/proc/<pid>/status``, Linux), read just before the client is stopped;
 - ``import_s``: wall time of ``import koala_async.nodes.client`` in a fresh interpreter (median of
-  ``import_runs``), and the heaviest top-level imports from ``python -X importtime``.
+  ``import_runs``), the heaviest third-party packages in it from ``python -X importtime``, and
+  ``import_torch_s``, the same for ``import torch`` (deferred until the node starts).
 
 Callable from code (``await measure(...)`` or ``measure_sync(...)``) so a benchmark can include it.
 """
@@ -126,6 +127,7 @@ async def measure(tier: str = "image-tiny", updates: int = 3, idle_seconds: floa
     from koala_async.nodes.server import ServerConfig, ServerNode
 
     imports = await asyncio.to_thread(import_time, import_runs)
+    torch_import = await asyncio.to_thread(import_time, import_runs, "torch")
     with tempfile.TemporaryDirectory(prefix="koala-footprint-") as tmp:
         shard = federate("digits", 0, 1, 0.5).client(0)
         npz = Path(tmp) / "private.npz"
@@ -167,7 +169,7 @@ async def measure(tier: str = "image-tiny", updates: int = 3, idle_seconds: floa
         "peak_rss_bytes": peak, "vm_hwm_bytes": hwm,
         "idle_rss_mib": round(statistics.median(idle) / MiB, 1) if idle else None,
         "peak_rss_mib": round(peak_hwm / MiB, 1), "peak_rss_mb": round(peak_hwm / MB, 1),
-        **imports,
+        **imports, "import_torch_s": torch_import["import_s"],
     }
 
 
@@ -189,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  idle RSS (connected, not training): {result['idle_rss_mib']} MiB")
     print(f"  peak RSS while training:            {result['peak_rss_mib']} MiB = {result['peak_rss_mb']} MB "
           f"(VmHWM {None if result['vm_hwm_bytes'] is None else round(result['vm_hwm_bytes'] / MiB, 1)} MiB)")
-    print(f"  import koala_async.nodes.client:    {result['import_s']} s (runs {result['runs']})")
+    print(f"  import koala_async.nodes.client:    {result['import_s']} s (runs {result['runs']}; torch is "
+          f"imported later, when the node starts: import torch {result['import_torch_s']} s)")
     for row in result["heaviest"]:
         print(f"    {row['module']:<28} {row['cumulative_ms']:>8.1f} ms")
     if args.json:
