@@ -104,8 +104,8 @@ def render(result: dict[str, Any]) -> str:
     lines = [f"koala client {result['node_id']}: dry run (no broker contacted)",
              "resource probe" + (f" (capped to profile {result['profile']})" if result["profile"] else "") + ":"]
     lines += [f"  {key}: {value}" for key, value in p.items()]
-    lines += [f"data: {d['source']}; input {tuple(d['input'])}, {d['classes']} classes, {d['samples']} samples "
-              f"({d['samples_per_epoch']} per epoch with distillation)",
+    lines += [(f"data: {d['source']}; input {tuple(d['input'])}, {d['classes']} classes, {d['samples']} samples "
+               f"({d['samples_per_epoch']} per epoch with distillation)"),
               "tiers (catalog, measured for this input):"]
     for row in result["catalog"]:
         mark = "*" if row["tier"] == result["tier"] else " "
@@ -115,7 +115,7 @@ def render(result: dict[str, Any]) -> str:
     epoch = "unknown (no FLOP/s)" if pred["epoch_s"] is None else (
         f"{pred['epoch_s']:.4f} s per epoch, {pred['update_s']:.3f} s per update")
     lines += [f"chosen tier: {result['tier']} ({result['reason']})",
-              f"predicted peak memory: {pred['peak_rss_mib']:.1f} MiB (process now {pred['baseline_rss_mib']:.1f} "
-              f"+ training {pred['train_mib']} + sample buffer {pred['buffer_mib']})",
+              (f"predicted peak memory: {pred['peak_rss_mib']:.1f} MiB (process now {pred['baseline_rss_mib']:.1f} "
+               f"+ training {pred['train_mib']} + sample buffer {pred['buffer_mib']})"),
               f"predicted training time: {epoch}"]
     return "\n".join(lines)

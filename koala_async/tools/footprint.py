@@ -90,7 +90,7 @@ class RssSampler:
                 return
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> RssSampler:  # noqa: PYI034
         self._thread.start()
         return self
 
@@ -137,7 +137,7 @@ async def measure(tier: str = "image-tiny", updates: int = 3, idle_seconds: floa
                    "client", "--broker", broker.url, "--federation", FEDERATION, "--id", CLIENT_ID,
                    "--data", str(npz), "--tier", tier]
             log = (Path(tmp) / "client.log").open("wb")
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)  # noqa: ASYNC220 - returns at once
             try:
                 with RssSampler(proc.pid) as sampler:
                     await _client_state(broker.url, timeout, "waiting for proxy set")

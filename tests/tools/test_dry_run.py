@@ -27,7 +27,7 @@ def test_dry_run_cli_prints_the_plan_and_connects_to_nothing() -> None:
         out = subprocess.run([sys.executable, "-c", "from koala_async.tools.cli import main; raise SystemExit(main())",
                               "client", "--dry-run", "--json", "--tier", "auto", "--profile", "pi-zero",
                               "--broker", f"mqtt://127.0.0.1:{port}"],
-                             capture_output=True, text=True, timeout=100)
+                             capture_output=True, text=True, timeout=100, check=False)
         trap.settimeout(0.1)
         with pytest.raises(TimeoutError):
             trap.accept()  # nobody knocked
