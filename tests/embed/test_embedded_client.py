@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import signal
 from collections.abc import AsyncIterator, Callable
 
 import numpy as np
@@ -176,6 +177,7 @@ async def test_add_samples_grows_a_running_client_within_bounds(embedded_broker:
 async def test_cancelling_the_callers_task_unwinds_everything(embedded_broker: EmbeddedBroker,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="asyncio")
+    root_handlers, sigint = list(logging.getLogger().handlers), signal.getsignal(signal.SIGINT)
     # 10,000 epochs: far longer than the test, so only an interrupted training lets it finish.
     config = embedded_config(embedded_broker.url, dataset="digits", train=TrainSettings(epochs=10_000))
     before = set(asyncio.all_tasks())
@@ -201,6 +203,9 @@ async def test_cancelling_the_callers_task_unwinds_everything(embedded_broker: E
     gc.collect()
     await asyncio.sleep(0.1)
     assert "Task was destroyed" not in caplog.text
+    # the library configured no logging and installed no signal handler in the caller's process/loop
+    assert logging.getLogger().handlers == root_handlers and signal.getsignal(signal.SIGINT) is sigint
+    assert not getattr(asyncio.get_running_loop(), "_signal_handlers", {})
     assert not [t for t in asyncio.all_tasks() - before if _is_node_task(t)]
 
 
