@@ -265,6 +265,8 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
         labels = None
         if body.get("labels") is not None:
             labels = unpack_array(body["labels"], "labels", limits)
+            if labels.dtype != np.uint32:
+                raise MessageError("bad_dtype", f"labels must be uint32 counts, got {labels.dtype}")
             if labels.shape != (logits.shape[1],):
                 raise MessageError("shape_mismatch", "labels must hold one count per class")
         tier = _get(body, "tier", str, kind)

@@ -6,10 +6,15 @@ For one-machine federations and tests. Real deployments use Mosquitto or a clust
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import socket
 from typing import Any
 
 from koala_async.errors import TransportError
+
+log = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,9 +27,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """``async with EmbeddedBroker() as broker: broker.url``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, shutdown_timeout: float = 5.0) -> None:
         self.host = host
         self.port = port or free_port(host)
+        self.shutdown_timeout = shutdown_timeout
         self._broker: Any = None
 
     @property
@@ -47,6 +53,17 @@ class EmbeddedBroker:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._broker is not None:
-            await self._broker.shutdown()
-            self._broker = None
+        if self._broker is None:
+            return
+        broker, self._broker = self._broker, None
+        try:
+            # amqtt 0.12 can wait forever in shutdown() on a session that is still mid-delivery.
+            async with asyncio.timeout(self.shutdown_timeout):
+                await broker.shutdown()
+        except TimeoutError:
+            log.warning("embedded broker on %s:%d did not shut down within %.0fs; closing its listeners",
+                        self.host, self.port, self.shutdown_timeout)
+            for server in list(broker._servers.values()):
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2):
+                        await server.close_instance()

@@ -152,22 +152,17 @@ class Transport:
                     self.connected.set()
                     if self.on_link is not None:
                         self.on_link(True, str(self.address))
+                    # on_connect publishes (retained state): it runs beside the message pump, so a link
+                    # that dies meanwhile is still noticed and on_connect is cancelled with it.
+                    hook = None
                     if self.on_connect is not None:
-                        await self.on_connect(self)
-                    async for message in client.messages:
-                        if not any(message.topic.matches(topic) for topic, _ in self.subscriptions):
-                            # amqtt 0.12 replays, to every client that connects, the retained messages
-                            # of every filter *any* client subscribed to: drop what we never asked for.
-                            self.stats.unsolicited += 1
-                            continue
-                        payload = message.payload
-                        if not isinstance(payload, (bytes, bytearray)):
-                            payload = str(payload).encode()
-                        self.stats.messages_in += 1
-                        self.stats.bytes_in += len(payload)
-                        await self._queue.put(Incoming(message.topic.value, bytes(payload), message.retain))
-                        self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
-                    raise aiomqtt.MqttError("message stream ended")
+                        assert self._tasks is not None
+                        hook = self._tasks.create_task(self.on_connect(self), name=f"on-connect-{self.client_id}")
+                    try:
+                        await self._pump(client)
+                    finally:
+                        if hook is not None:
+                            hook.cancel()
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
@@ -185,6 +180,23 @@ class Transport:
                     err = BrokerUnavailable(str(self.address), str(exc))
                     log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
                 await asyncio.sleep(delay)
+
+    async def _pump(self, client: aiomqtt.Client) -> None:
+        """Move incoming messages to the queue until the connection drops (raises ``MqttError``)."""
+        async for message in client.messages:
+            if not any(message.topic.matches(topic) for topic, _ in self.subscriptions):
+                # amqtt 0.12 replays, to every client that connects, the retained messages of every
+                # filter *any* client subscribed to: drop what we never asked for.
+                self.stats.unsolicited += 1
+                continue
+            payload = message.payload
+            if not isinstance(payload, (bytes, bytearray)):
+                payload = str(payload).encode()
+            self.stats.messages_in += 1
+            self.stats.bytes_in += len(payload)
+            await self._queue.put(Incoming(message.topic.value, bytes(payload), message.retain))
+            self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
+        raise aiomqtt.MqttError("message stream ended")
 
     def _make_client(self) -> aiomqtt.Client:
         a = self.address

@@ -99,6 +99,7 @@ class ClientConfig:
     state_dir: str | None = None
     pending_max_staleness: int = 10
     signing_key: str | None = None  # HMAC key shared with the server's keys file
+    keepalive: int = 30  # MQTT keepalive, seconds: a dead link is noticed after 1-1.5x this
     # Samples held in memory (initial data plus everything added), and which survive past that:
     # "reservoir" = a uniform sample of all ever seen (seeded), "newest" = a sliding window.
     max_samples: int = 10_000
@@ -125,6 +126,8 @@ class ClientConfig:
             raise ValueError(f"shard {self.shard} is not in [0, num_shards={self.num_shards})")
         if self.slowdown < 1:
             raise ValueError("slowdown must be >= 1")
+        if self.keepalive < 1:
+            raise ValueError("keepalive must be >= 1 second")
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 
@@ -337,7 +340,7 @@ class ClientNode:
             address, f"koala-{cfg.federation}-{cfg.node_id}", will=will,
             subscriptions=((self.topics.proxy, 1), (self.topics.knowledge, 1),
                            (self.topics.ack(cfg.node_id), 1)),
-            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF,
+            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF, keepalive=cfg.keepalive,
             on_link=link_listener(self._events, str(address))))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(tasks.create_task(self._receive(), name=f"{cfg.node_id}-receive"))

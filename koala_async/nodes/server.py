@@ -70,6 +70,9 @@ class ServerConfig:
     batch_size: int = 64
     distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
     buffer_size: int = 1
+    # Distillation-time augmentation of proxy inputs: "shift" moves images by up to a pixel (vector
+    # inputs are never augmented); "none" distills on the proxy inputs exactly as they are.
+    augment: str = "shift"
     accepted_tiers: tuple[str, ...] = ()
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
     fusion: FusionConfig = field(default_factory=FusionConfig)
@@ -95,6 +98,10 @@ class ServerConfig:
         check_id(self.node_id, "node_id")
         if self.distill_steps < 1 or self.buffer_size < 1:
             raise ValueError("distill_steps and buffer_size must be >= 1")
+        from koala_async.learning.distill import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment {self.augment!r} is not one of {list(AUGMENTATIONS)}")
 
 
 @dataclass
@@ -179,7 +186,8 @@ class ServerNode:
         large = cfg.large_model or default_large(self.spec.kind)
         self.large_name = large
         self.distiller = Distiller(build_model(large, self.spec, seed=cfg.seed), lr=cfg.lr,
-                                   temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed)
+                                   temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
+                                   augment=cfg.augment)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
         self.knowledge_logits: np.ndarray | None = None
         if cfg.keys_file:

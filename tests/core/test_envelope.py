@@ -229,6 +229,11 @@ def test_shape_mismatch_of_sample_ids_and_labels() -> None:
     assert _reason(_pack(_raw_update(labels=pack_array(labels)))) == "shape_mismatch"
 
 
+def test_label_counts_must_be_unsigned_integers() -> None:
+    for labels in (np.array([0.5, 1.0, 2.0], dtype=np.float32), np.array([-3, 1, 2], dtype=np.int64)):
+        assert _reason(_pack(_raw_update(labels=pack_array(labels)))) == "bad_dtype"
+
+
 def test_too_many_samples() -> None:
     logits = np.zeros((11, 3), dtype=np.float16)
     payload = _pack(_raw_update(logits=pack_array(logits)))

@@ -133,3 +133,37 @@ async def test_reconnects_after_a_broker_restart_and_resubscribes() -> None:
         async with asyncio.timeout(10):
             for broker in brokers:
                 await broker.__aexit__(None, None, None)
+
+
+async def test_link_lost_during_on_connect_is_noticed_and_recovered(embedded_broker: EmbeddedBroker) -> None:
+    """A link that dies while on_connect is still running must not leave the transport believing it is
+    connected: it reconnects, runs on_connect again, and a later publish reaches the broker."""
+    from koala_async.tools.linkproxy import LinkProxy
+
+    gate = asyncio.Event()
+    calls = 0
+
+    async def on_connect(t: Transport) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()  # the first connection's hook is still running when its link dies
+        await t.publish("t/hello", f"hello-{calls}".encode(), retain=True)
+
+    async with LinkProxy(embedded_broker.port) as proxy:
+        async with Transport(BrokerAddress.parse(proxy.url), "t-hook", on_connect=on_connect,
+                             backoff=FAST) as t:
+            await t.wait_connected(10)
+            proxy.cut()
+            await asyncio.sleep(0.5)
+            proxy.restore()
+            gate.set()
+            async with asyncio.timeout(20):
+                while t.stats.connects < 2:
+                    await asyncio.sleep(0.05)
+            await t.publish("t/after", b"x", timeout=10)
+        addr = BrokerAddress.parse(embedded_broker.url)
+        async with Transport(addr, "t-check", subscriptions=(("t/hello", 1),), backoff=FAST) as check:
+            msg = await next_message(check)
+            assert msg.payload.startswith(b"hello-")
+    assert calls >= 2

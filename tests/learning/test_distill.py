@@ -117,3 +117,34 @@ def test_build_model_checks_kind_and_name(splits: D.Splits) -> None:
     x = splits.proxy.x[:5]
     np.testing.assert_array_equal(predict_logits(a, x), predict_logits(b, x))
     assert predict_logits(a, x).shape == (5, 10)
+
+
+def test_random_shift_moves_each_image_by_at_most_one_pixel() -> None:
+    from koala_async.learning.distill import random_shift
+
+    x = torch.rand(64, 1, 8, 8) + 0.1  # strictly positive: zeros in the output can only be fill
+    out = random_shift(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    padded = F.pad(x, (1, 1, 1, 1))
+    seen = set()
+    for i in range(len(x)):
+        matches = [(dy, dx) for dy in range(3) for dx in range(3)
+                   if torch.equal(out[i], padded[i, :, dy:dy + 8, dx:dx + 8])]
+        assert len(matches) == 1, f"image {i} is not a one-pixel translation of its input"
+        seen.add(matches[0])
+    assert len(seen) > 4  # offsets vary across the batch
+    again = random_shift(x, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # seeded: reproducible
+
+
+def test_distiller_with_shift_augmentation_still_fits_and_rejects_unknown(splits: D.Splits) -> None:
+    x, y = splits.proxy.x[:200], splits.proxy.y[:200]
+    z = np.zeros((len(x), 10), dtype=np.float32)
+    z[np.arange(len(x)), y] = 8.0
+    targets = F.softmax(torch.from_numpy(z) / 3.0, dim=1).numpy()
+    model = build_model("image-small", splits.proxy.spec, seed=0)
+    distiller = Distiller(model, lr=3e-3, temperature=3.0, batch_size=64, seed=0, augment="shift")
+    distiller.distill(x, targets, np.ones(len(x), dtype=bool), steps=200)
+    assert (predict_logits(model, x).argmax(axis=1) == y).mean() > 0.8
+    with pytest.raises(ValueError, match="augment"):
+        Distiller(model, augment="rotate")
