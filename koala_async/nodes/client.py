@@ -298,7 +298,7 @@ class ClientNode:
                 log.info("%s %s", cfg.node_id, verdict.reason)
                 await self._publish_status()
             await asyncio.sleep(cfg.interval)
-        if cfg.tier == "auto":
+        if cfg.tier == "auto" and self.tier is not None:
             choice = choose_tier(self.resources, self.catalog, cfg.tier_policy, self._samples_per_epoch())
             tier = next_tier(self.tier, choice, self.catalog)
             if tier != self.tier:

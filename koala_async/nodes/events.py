@@ -6,6 +6,8 @@
 and the loss is counted (``stream.dropped``, and ``node.events_dropped`` over all streams). A stream
 ends (the ``async for`` finishes) when the node shuts down, after its queued events are delivered.
 A stream nobody holds any more is forgotten (weakly referenced), so abandoned iterators cost nothing.
+A stream sees what happens after it is asked for: ask before ``async with`` to see the first
+``Connected``.
 
 Events (all carry ``node``, the node id, and ``at``, ``time.time()`` when it happened):
 

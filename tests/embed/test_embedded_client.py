@@ -124,6 +124,7 @@ async def test_a_rejected_update_reaches_the_client_as_an_event(embedded_broker:
     config = embedded_config(embedded_broker.url, dataset="digits", tier="image-tiny", max_updates=1)
     server_cfg = server_config(embedded_broker.url, accepted_tiers=("image-medium",))
     async with ServerNode(server_cfg) as server, ClientNode(config) as client:
+            server_stream = server.events()
             stream = client.events()
             async with asyncio.timeout(60):
                 async for event in stream:
@@ -132,6 +133,10 @@ async def test_a_rejected_update_reaches_the_client_as_an_event(embedded_broker:
     assert event.reason == "tier_not_accepted" and event.client == "gw-1"
     assert client.updates_rejected == {"tier_not_accepted": 1} and client.updates_accepted == 0
     assert server.rejects.counts["tier_not_accepted"] == 1
+    seen_by_server = [e async for e in server_stream]  # ended when the server stopped
+    verdicts = [e for e in seen_by_server if isinstance(e, UpdateRejected)]
+    assert [(v.client, v.seq, v.reason) for v in verdicts] == [("gw-1", event.seq, "tier_not_accepted")]
+    assert server.events_dropped == 0  # (a stream sees what happens after it is asked for)
 
 
 async def test_add_samples_grows_a_running_client_within_bounds(embedded_broker: EmbeddedBroker) -> None:
