@@ -12,27 +12,25 @@ happens through :meth:`ClientNode.events`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
-import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
 from koala_async.core.envelope import Ack, Knowledge, Limits, ProxySet, Update, decode, encode
 from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
-from koala_async.core.retention import RETENTIONS, AddResult, SampleBuffer
+from koala_async.core.retention import RETENTIONS, AddResult
 from koala_async.core.signing import sign, unwrap
 from koala_async.core.tiering import TierPolicy, choose_tier, next_tier, readiness, samples_per_epoch
 from koala_async.core.topics import Topics, check_id
-from koala_async.errors import DataError, MessageError
+from koala_async.errors import MessageError
 from koala_async.io.transport import Transport, Will
+from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
 from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 from koala_async.nodes.events import (
@@ -45,8 +43,7 @@ from koala_async.nodes.events import (
     UpdateRejected,
     link_listener,
 )
-
-T = TypeVar("T")
+from koala_async.nodes.workers import Workers
 
 log = logging.getLogger(__name__)
 
@@ -155,9 +152,8 @@ class ClientNode:
         self.resources = ResourceSnapshot()
         self.tier_reason = ""
         self._trained_on: tuple[int | None, int] | None = None  # (knowledge version, samples seen)
-        self.samples = SampleBuffer(config.max_samples, config.retention,  # type: ignore[arg-type]
-                                    seed=config.seed * 1_000_003 + config.shard,
-                                    input_shape=config.input_shape, num_classes=config.num_classes)
+        self.inputs = ClientInputs(config)
+        self.samples = self.inputs.buffer  # the private samples held (bounded; see add_samples)
         self.tier: str | None = None
         self.trainer: Any = None
         self.catalog: tuple[Any, ...] = ()
@@ -165,10 +161,7 @@ class ClientNode:
         self.updates_rejected: Counter[str] = Counter()
         self._events = EventHub(config.node_id, config.event_queue)
         self._sent_seqs: deque[int] = deque(maxlen=1024)  # seqs we published: the acks we expect
-        self._data_added = asyncio.Event()
-        self._stop = threading.Event()  # tells a running training thread to stop early
-        self._threads: set[asyncio.Future[Any]] = set()
-        self._loop_thread: int | None = None
+        self._workers = Workers()  # training and probing threads, joined on exit
         self._seq = SeqCounter()
         self._state = ClientState(config.state_dir) if config.state_dir else None
         if self._state is not None:
@@ -179,42 +172,19 @@ class ClientNode:
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _load_initial(self) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """The configured private data (blocking; runs in a thread), or None for an empty start."""
-        cfg = self.config
-        limit_threads(cfg.threads)
+    def _start_up(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """Thread setup, the first probe and the configured data (blocking; runs in a thread)."""
+        limit_threads(self.config.threads)
         self.resources = self._probe()
-        if not cfg.data_path and cfg.dataset in (None, "", "none"):
-            return None
-        from koala_async.learning import data as datasets
-
-        if cfg.data_path:
-            data = datasets.load_npz(cfg.data_path, num_classes=cfg.num_classes)
-        else:
-            assert cfg.dataset is not None
-            fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
-                                    cfg.proxy_fraction)
-            data = fed.client(cfg.shard)
-        return data.x, data.y, data.spec.num_classes
-
-    def _spec(self) -> Any:
-        """The input spec, once input shape and class count are both known (else None)."""
-        from koala_async.learning.models import InputSpec
-
-        shape, classes = self.samples.input_shape, self.samples.num_classes
-        if shape is None or classes is None:
-            return None
-        return InputSpec("image" if len(shape) == 3 else "vector", shape, classes)
+        return self.inputs.load_initial()
 
     def _setup_model(self) -> None:
         """Choose the tier and build the trainer (blocking; runs in a thread once the spec is known)."""
         from koala_async.learning.catalog import tier_catalog
         from koala_async.learning.models import client_tiers
 
-        cfg, spec = self.config, self._spec()
-        if spec is None or len(spec.shape) not in (1, 3):
-            raise DataError(f"cannot build a model for input shape {self.samples.input_shape}: use (D,) "
-                            "vectors or (C, H, W) images")
+        cfg, spec = self.config, self.inputs.spec()
+        assert spec is not None
         self.catalog = tier_catalog(spec)
         if cfg.tier == "auto":
             choice = choose_tier(self.resources, self.catalog, cfg.tier_policy, self._samples_per_epoch())
@@ -228,24 +198,12 @@ class ClientNode:
         from koala_async.learning.distill import LocalTrainer, TrainConfig
         from koala_async.learning.models import build_model
 
-        cfg, t = self.config, self.config.train
-        assert self.tier is not None
-        self.trainer = LocalTrainer(build_model(self.tier, self._spec(), seed=cfg.seed + cfg.shard),
+        cfg, t, spec = self.config, self.config.train, self.inputs.spec()
+        assert self.tier is not None and spec is not None
+        self.trainer = LocalTrainer(build_model(self.tier, spec, seed=cfg.seed + cfg.shard),
                                     TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                                                 kd_weight=t.kd_weight),
                                     seed=cfg.seed + cfg.shard)
-
-    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking ``fn`` in a worker thread; the node's exit waits for it (no orphan threads)."""
-        future = asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args))
-        self._threads.add(future)
-        future.add_done_callback(self._threads.discard)
-        return await asyncio.shield(future)
-
-    async def _join_threads(self) -> None:
-        self._stop.set()
-        while self._threads:
-            await asyncio.wait(set(self._threads))
 
     def add_samples(self, x: Any, y: Any) -> AddResult:
         """Add private samples ``x`` (n, *input_shape) with integer labels ``y`` (n,) to a running (or
@@ -253,13 +211,7 @@ class ClientNode:
         ``max_samples`` under the ``retention`` policy; the next training uses them (new data makes
         the client ready). Bad input raises :class:`~koala_async.errors.DataError` and changes nothing.
         """
-        if self._loop_thread is not None and threading.get_ident() != self._loop_thread:
-            raise RuntimeError("add_samples must be called from the node's event loop thread "
-                               "(use loop.call_soon_threadsafe from other threads)")
-        result = self.samples.add(x, y)
-        if result.offered:
-            self._data_added.set()
-        return result
+        return self.inputs.add(x, y)
 
     def events(self, maxsize: int | None = None) -> EventStream:
         """A new bounded stream of this client's events (see :mod:`koala_async.nodes.events`)."""
@@ -285,7 +237,7 @@ class ClientNode:
         cfg = self.config
         since = time.monotonic()
         while True:
-            self.resources = await self._in_thread(self._probe)
+            self.resources = await self._workers.run(self._probe)
             version = self.knowledge.version if self.knowledge else None
             last_version, last_seen = self._trained_on or (None, -1)
             verdict = readiness(self.resources, cfg.tier_policy, trained_before=self._trained_on is not None,
@@ -304,7 +256,7 @@ class ClientNode:
             if tier != self.tier:
                 log.info("%s moves from %s to %s: %s", cfg.node_id, self.tier, tier, choice.reason)
                 previous, self.tier, self.tier_reason = self.tier, tier, choice.reason
-                await self._in_thread(self._build_trainer)
+                await self._workers.run(self._build_trainer)
                 self._events.emit(TierChanged(cfg.node_id, tier, previous, choice.reason))
 
     def _simulated_seconds(self, distilling: bool) -> float:
@@ -318,17 +270,12 @@ class ClientNode:
         return flops / self.resources.flops
 
     async def __aenter__(self) -> ClientNode:
-        self._loop_thread = threading.get_ident()
         try:
-            initial = await self._in_thread(self._load_initial)
+            initial = await self._workers.run(self._start_up)
         except BaseException:
-            await self._join_threads()
+            await self._workers.join()
             raise
-        if initial is not None:
-            x, y, classes = initial
-            if self.samples.num_classes is None:
-                self.samples.set_num_classes(classes)
-            self.samples.add(x, y)
+        self.inputs.start(initial)
         cfg = self.config
         address = broker_address(cfg.broker, username=cfg.username, password=cfg.password,
                                  ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
@@ -350,7 +297,7 @@ class ClientNode:
     async def __aexit__(self, *exc: object) -> None:
         for task in self._tasks:
             task.cancel()
-        self._stop.set()
+        self._workers.stop.set()
         try:
             if self.transport.connected.is_set():
                 await self.transport.publish(self.topics.client_status(self.config.node_id),
@@ -362,7 +309,7 @@ class ClientNode:
             try:
                 await self._stack.aclose()
             finally:
-                await self._join_threads()
+                await self._workers.join()
                 self._events.close()
 
     async def done(self) -> None:
@@ -382,7 +329,7 @@ class ClientNode:
                 self.rejects.error(exc, msg.topic)
                 continue
             if msg.topic == self.topics.proxy and isinstance(message, ProxySet):
-                problem = self._adopt_spec(message)
+                problem = self.inputs.adopt_proxy(message)
                 if problem:
                     self.rejects.reject("spec_mismatch", problem, msg.topic)
                     continue
@@ -399,19 +346,6 @@ class ClientNode:
             else:
                 self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
 
-    def _adopt_spec(self, proxy: ProxySet) -> str:
-        """Take the input shape and class count from the proxy set where not known yet; a proxy set
-        that contradicts this client's data is refused (returns why)."""
-        shape = tuple(int(d) for d in proxy.inputs.shape[1:])
-        if self.samples.input_shape is not None and self.samples.input_shape != shape:
-            return f"proxy inputs {shape} vs private samples {self.samples.input_shape}"
-        try:
-            self.samples.set_num_classes(proxy.num_classes)
-        except DataError as exc:
-            return str(exc)
-        self.samples.input_shape = shape
-        return ""
-
     def _on_ack(self, ack: Ack, topic: str) -> None:
         if ack.client != self.config.node_id or ack.update_seq not in self._sent_seqs:
             self.rejects.reject("unknown_ack", f"seq={ack.update_seq}", topic)
@@ -427,15 +361,13 @@ class ClientNode:
 
     async def _wait_for_samples(self) -> None:
         """Hold off training until ``min_samples`` are held (an embedded client may start empty)."""
-        while len(self.samples) < self.config.min_samples:
-            state = f"waiting: {len(self.samples)}/{self.config.min_samples} samples"
-            if self.state != state:
-                self.state = state
-                await self._publish_status()
-            self._data_added.clear()
-            await self._data_added.wait()
+        async def waiting(state: str) -> None:
+            self.state = state
+            await self._publish_status()
+
+        await self.inputs.wait_for(self.config.min_samples, waiting)
         if self.trainer is None:
-            await self._in_thread(self._setup_model)
+            await self._workers.run(self._setup_model)
             assert self.tier is not None
             self._events.emit(TierChanged(self.config.node_id, self.tier, None, self.tier_reason))
 
@@ -475,7 +407,7 @@ class ClientNode:
         seen = self.samples.seen
         x, y = self.samples.arrays()  # a snapshot: add_samples may go on while the thread trains
         label_counts = self.samples.label_counts()
-        logits = await self._in_thread(self._train, x, y, proxy.inputs, teacher, ids)
+        logits = await self._workers.run(self._train, x, y, proxy.inputs, teacher, ids)
         self._trained_on = (knowledge.version if knowledge else None, seen)
         # A simulated device takes as long as its profile's FLOP/s make this training take.
         simulated = self._simulated_seconds(teacher is not None)
@@ -540,7 +472,7 @@ class ClientNode:
         from koala_async.learning.distill import predict_logits
 
         px = proxy_x.astype(np.float32)
-        self.last_loss = self.trainer.train(x, y, px, teacher, stop=self._stop)
+        self.last_loss = self.trainer.train(x, y, px, teacher, stop=self._workers.stop)
         chosen = px if ids is None else px[ids]
         return predict_logits(self.trainer.model, chosen).astype(np.float16)
 

@@ -196,13 +196,13 @@ async def test_cancelling_the_callers_task_unwinds_everything(embedded_broker: E
                 await asyncio.Event().wait()  # the program's own work, forever
 
         task = asyncio.create_task(gateway_program())
-        await wait_for(lambda: entered.is_set() and client.state == "training" and bool(client._threads),
+        await wait_for(lambda: entered.is_set() and client.state == "training" and bool(client._workers.running),
                        40, "the client to be training in its worker thread")
         task.cancel()
         async with asyncio.timeout(15):
             with pytest.raises(asyncio.CancelledError):
                 await task
-        assert not client._threads, "a training thread outlived the node"
+        assert not client._workers.running, "a training thread outlived the node"
         assert client.trainer.epochs_done < 10_000
         assert all(t.done() for t in client._tasks) and client.transport._runner.done()
     gc.collect()
