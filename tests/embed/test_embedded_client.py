@@ -168,6 +168,8 @@ async def test_add_samples_grows_a_running_client_within_bounds(embedded_broker:
                     (x[:3].astype(str), y[:3], "real numbers")):
                 with pytest.raises(DataError, match=match):
                     client.add_samples(bad_x, bad_y)
+            with pytest.raises(RuntimeError, match="event loop thread"):
+                await asyncio.to_thread(client.add_samples, x[:3], y[:3])
             after = client.samples.arrays()
             np.testing.assert_array_equal(before[0], after[0])
             assert client.samples.seen == 260
