@@ -27,8 +27,12 @@ KIND_UPDATE = "update"
 KIND_KNOWLEDGE = "knowledge"
 KIND_PROXY = "proxy"
 KIND_STATUS = "status"
+KIND_WEIGHTS = "weights"
 KIND_ACK = "ack"
-KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_ACK)
+KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIND_ACK)
+
+# Federation modes (docs/scenarios.md): KOALA without rounds, KOALA in synchronous rounds, FedAvg.
+MODES = ("async", "sync", "fedavg")
 
 # Only these dtypes may cross the wire; anything else is a "bad_dtype".
 ALLOWED_DTYPES = {"<f2": np.float16, "<f4": np.float32, "<u4": np.uint32, "|u1": np.uint8,
@@ -46,6 +50,8 @@ class Limits:
     max_sender_len: int = 128
     max_seq: int = 2**53
     max_version: int = 2**53
+    max_tensors: int = 256  # parameter tensors in one weights message
+    max_name_len: int = 128
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,7 @@ class Knowledge:
     logits: np.ndarray | None  # (N, C) float16; None before the first distillation
     accepted_tiers: tuple[str, ...] = ()
     sent_at: float = 0.0
+    mode: str = "async"  # "sync": the version is a round; clients train once per version
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,23 @@ class Ack:
     sent_at: float = 0.0
 
 
-Message = Update | Knowledge | ProxySet | Status | Ack
+@dataclass(frozen=True)
+class Weights:
+    """Full model weights (FedAvg): a client's locally trained model built on global ``base_version``,
+    or the server's global model at ``base_version``. ``params`` maps parameter name -> float32 array;
+    whether names and shapes fit the architecture ``model`` is checked by
+    :func:`koala_async.core.weights.check_weights`, which needs the expected shapes."""
+
+    sender: str
+    seq: int
+    base_version: int
+    model: str
+    n_samples: int
+    params: dict[str, np.ndarray]
+    sent_at: float = 0.0
+
+
+Message = Update | Knowledge | ProxySet | Status | Weights | Ack
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -185,6 +208,8 @@ def encode(message: Message) -> bytes:
                 "temperature": float(message.temperature), "tiers": list(message.accepted_tiers),
                 "logits": None if message.logits is None
                 else pack_array(message.logits.astype(np.float16, copy=False))}
+        if message.mode != "async":  # absent means async: older decoders and payloads stay valid
+            body["mode"] = message.mode
         head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at)
     elif isinstance(message, ProxySet):
         body = {"proxy": message.proxy_id, "classes": message.num_classes,
@@ -198,6 +223,11 @@ def encode(message: Message) -> bytes:
         body = {"client": message.client, "update_seq": message.update_seq, "accepted": message.accepted,
                 "reason": message.reason, "staleness": message.staleness}
         head = _header(KIND_ACK, message.sender, message.seq, message.version, message.sent_at)
+    elif isinstance(message, Weights):
+        body = {"model": message.model, "n": message.n_samples,
+                "params": {name: pack_array(np.asarray(value, dtype=np.float32))
+                           for name, value in message.params.items()}}
+        head = _header(KIND_WEIGHTS, message.sender, message.seq, message.base_version, message.sent_at)
     else:  # pragma: no cover - guarded by typing
         raise TypeError(f"cannot encode {type(message).__name__}")
     head["body"] = body
@@ -287,9 +317,14 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
         tiers = body.get("tiers", [])
         if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
             raise MessageError("bad_field", "knowledge.tiers")
+        mode = body.get("mode", "async")
+        if mode not in MODES:
+            raise MessageError("bad_field", f"knowledge.mode={mode!r}")
         return Knowledge(sender=sender, seq=seq, version=base, proxy_id=_get(body, "proxy", str, kind),
                          num_classes=classes, temperature=float(temperature), logits=k_logits,
-                         accepted_tiers=tuple(tiers), sent_at=float(sent_at))
+                         accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode)
+    if kind == KIND_WEIGHTS:
+        return _decode_weights(body, sender, seq, base, float(sent_at), limits)
     if kind == KIND_PROXY:
         inputs = unpack_array(_get(body, "inputs", dict, kind), "inputs", limits)
         if inputs.dtype.kind != "f" or inputs.ndim < 2 or math.prod(inputs.shape[1:]) > limits.max_features:
@@ -309,3 +344,23 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
     return Status(sender=sender, seq=seq, role=_get(body, "role", str, kind),
                   online=_get(body, "online", bool, kind), state=str(body.get("state", ""))[:256],
                   info=info, sent_at=float(sent_at))
+
+
+def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent_at: float,
+                    limits: Limits) -> Weights:
+    params_raw = _get(body, "params", dict, KIND_WEIGHTS)
+    if not 0 < len(params_raw) <= limits.max_tensors:
+        raise MessageError("bad_weights", f"{len(params_raw)} tensors (1..{limits.max_tensors} allowed)")
+    params: dict[str, np.ndarray] = {}
+    for name, packed in params_raw.items():
+        if not isinstance(name, str) or not 0 < len(name) <= limits.max_name_len:
+            raise MessageError("bad_weights", f"parameter name {str(name)[:40]!r}")
+        array = unpack_array(packed, name, limits)
+        if array.dtype != np.float32:
+            raise MessageError("bad_dtype", f"parameter {name} is {array.dtype}, weights travel as float32")
+        params[name] = array
+    model = _get(body, "model", str, KIND_WEIGHTS)
+    if not 0 < len(model) <= 64:
+        raise MessageError("bad_field", "weights.model")
+    return Weights(sender=sender, seq=seq, base_version=base, model=model,
+                   n_samples=_int(body.get("n"), "n_samples", 1 << 40), params=params, sent_at=sent_at)

@@ -31,6 +31,11 @@ class Topics:
         return f"{self.prefix}/server/knowledge"
 
     @property
+    def model(self) -> str:
+        """The global model weights (FedAvg baseline), retained."""
+        return f"{self.prefix}/server/model"
+
+    @property
     def proxy(self) -> str:
         return f"{self.prefix}/server/proxy"
 

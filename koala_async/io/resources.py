@@ -84,3 +84,15 @@ def probe(profile: DeviceProfile | None = None, *, disk_path: str = ".", benchma
         flops=_safe(lambda: benchmark_flops(benchmark_seconds)) if benchmark else None,
     )
     return apply_profile(snap, profile) if profile is not None else snap
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident memory so far (``getrusage`` max RSS; None where unavailable)."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS reports bytes, Linux KiB
+    except (ImportError, OSError, ValueError):
+        return _safe(lambda: int(psutil.Process().memory_info().rss))

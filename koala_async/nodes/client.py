@@ -22,11 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from koala_async.core.envelope import Ack, Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.envelope import MODES, Ack, Knowledge, Limits, ProxySet, Update, decode, encode
 from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
 from koala_async.core.retention import RETENTIONS, AddResult
 from koala_async.core.signing import sign, unwrap
-from koala_async.core.tiering import TierPolicy, choose_tier, next_tier, readiness, samples_per_epoch
+from koala_async.core.tiering import (
+    TierPolicy,
+    TierSpec,
+    choose_tier,
+    next_tier,
+    readiness,
+    samples_per_epoch,
+)
 from koala_async.core.topics import Topics, check_id
 from koala_async.errors import MessageError
 from koala_async.io.transport import Transport, Will
@@ -63,6 +70,9 @@ class ClientConfig:
     node_id: str = "client-0"
     broker: str = "mqtt://127.0.0.1:1883"
     federation: str = "default"
+    # "async" (KOALA, no rounds), "sync" (KOALA, train once per knowledge version; also followed when
+    # the server's knowledge says mode "sync") or "fedavg" (train the server's model: nodes/fedavg_client.py).
+    mode: str = "async"
     # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
     # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test),
     # or nothing (dataset "none"): an embedded client fed through ``add_samples``.
@@ -125,6 +135,8 @@ class ClientConfig:
             raise ValueError("slowdown must be >= 1")
         if self.keepalive < 1:
             raise ValueError("keepalive must be >= 1 second")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 
@@ -162,21 +174,34 @@ class ClientNode:
         self._events = EventHub(config.node_id, config.event_queue)
         self._sent_seqs: deque[int] = deque(maxlen=1024)  # seqs we published: the acks we expect
         self._workers = Workers()  # training and probing threads, joined on exit
+        self._initial: tuple[np.ndarray, np.ndarray, int] | None = None  # data loaded by _prepare
         self._seq = SeqCounter()
         self._state = ClientState(config.state_dir) if config.state_dir else None
         if self._state is not None:
             self._seq = SeqCounter(max(self._seq.value, self._state.last_seq()))
         self._proxy_ready = asyncio.Event()
+        self._new_version = asyncio.Event()  # set whenever knowledge (or a global model) arrives
         self._done = asyncio.Event()
         self._rng = random.Random(f"{config.seed}-{config.node_id}")
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
-    def _start_up(self) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """Thread setup, the first probe and the configured data (blocking; runs in a thread)."""
+    def _prepare(self) -> None:
+        """Thread setup, the first probe and the configured data (blocking; runs in a thread). The
+        model is built once the input spec is known and ``min_samples`` are held."""
         limit_threads(self.config.threads)
         self.resources = self._probe()
-        return self.inputs.load_initial()
+        self._initial = self.inputs.load_initial()
+
+    @property
+    def data(self) -> Any:
+        """The private samples held now, as a ``learning.data.Dataset`` (a copy)."""
+        from koala_async.learning.data import Dataset
+
+        x, y = self.samples.arrays()
+        spec = self.inputs.spec()
+        assert spec is not None, "no input spec yet: no data and no proxy set"
+        return Dataset(x, y, spec)
 
     def _setup_model(self) -> None:
         """Choose the tier and build the trainer (blocking; runs in a thread once the spec is known)."""
@@ -263,19 +288,27 @@ class ClientNode:
         """How long this training takes at the profile's FLOP/s (0 without a profile)."""
         if self.profile is None or not self.resources.flops:
             return 0.0
-        spec = next((t for t in self.catalog if t.name == self.tier), None)
+        spec = self._trained_spec()
         if spec is None:  # an explicit architecture outside the catalog
             return 0.0
         flops = spec.train_flops_per_sample * self._samples_per_epoch(distilling) * self.config.train.epochs
         return flops / self.resources.flops
 
+    def _trained_spec(self) -> TierSpec | None:
+        """The measured architecture this client trains (None for one outside the catalog)."""
+        return next((t for t in getattr(self, "catalog", ()) if t.name == getattr(self, "tier", None)), None)
+
+    def _subscriptions(self) -> tuple[tuple[str, int], ...]:
+        return ((self.topics.proxy, 1), (self.topics.knowledge, 1), (self.topics.ack(self.config.node_id), 1))
+
     async def __aenter__(self) -> ClientNode:
         try:
-            initial = await self._workers.run(self._start_up)
+            await self._workers.run(self._prepare)
         except BaseException:
             await self._workers.join()
             raise
-        self.inputs.start(initial)
+        self.inputs.start(self._initial)
+        self._initial = None
         cfg = self.config
         address = broker_address(cfg.broker, username=cfg.username, password=cfg.password,
                                  ca_file=cfg.ca_file, cert_file=cfg.cert_file, key_file=cfg.key_file,
@@ -285,10 +318,8 @@ class ClientNode:
         self._stack = AsyncExitStack()
         self.transport = await self._stack.enter_async_context(Transport(
             address, f"koala-{cfg.federation}-{cfg.node_id}", will=will,
-            subscriptions=((self.topics.proxy, 1), (self.topics.knowledge, 1),
-                           (self.topics.ack(cfg.node_id), 1)),
-            on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF, keepalive=cfg.keepalive,
-            on_link=link_listener(self._events, str(address))))
+            subscriptions=self._subscriptions(), on_connect=self._on_connect, seed=hash(cfg.node_id) & 0xFFFF,
+            keepalive=cfg.keepalive, on_link=link_listener(self._events, str(address))))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._tasks.append(tasks.create_task(self._receive(), name=f"{cfg.node_id}-receive"))
         self._tasks.append(tasks.create_task(self._contribute(), name=f"{cfg.node_id}-train"))
@@ -341,6 +372,7 @@ class ClientNode:
                 self.knowledge = message
                 if message.version != previous:
                     self._events.emit(KnowledgeChanged(self.config.node_id, message.version, previous))
+                self._new_version.set()
             elif msg.topic == self.topics.ack(self.config.node_id) and isinstance(message, Ack):
                 self._on_ack(message, msg.topic)
             else:
@@ -379,13 +411,34 @@ class ClientNode:
         await self._resume_pending()
         while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
             self.state = "idle"
-            await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
+            if self._in_rounds():
+                await self._wait_for_new_version()  # the round is the pacing: no extra idle time
+            else:
+                await asyncio.sleep(cfg.interval * (0.5 + self._rng.random()))
             await self._wait_for_samples()
             await self._wait_until_ready()
             await self._train_and_publish()
         self.state = "done"
         await self._publish_status()
         self._done.set()
+
+    def _in_rounds(self) -> bool:
+        """Synchronous rounds: configured, or announced by the server's knowledge."""
+        return self.config.mode != "async" or (self.knowledge is not None and self.knowledge.mode != "async")
+
+    def _current_version(self) -> int | None:
+        return self.knowledge.version if self.knowledge is not None else None
+
+    async def _wait_for_new_version(self) -> None:
+        """Wait until the server publishes a version this client has not trained on yet."""
+        trained = self._trained_on[0] if self._trained_on is not None else None
+        if self._trained_on is not None and self._current_version() == trained:
+            self.state = "waiting for the next round"
+            await self._publish_status()
+        while self._current_version() is None or (self._trained_on is not None
+                                                  and self._current_version() == trained):
+            self._new_version.clear()
+            await self._new_version.wait()
 
     async def _train_and_publish(self) -> None:
         cfg = self.config
@@ -409,12 +462,7 @@ class ClientNode:
         label_counts = self.samples.label_counts()
         logits = await self._workers.run(self._train, x, y, proxy.inputs, teacher, ids)
         self._trained_on = (knowledge.version if knowledge else None, seen)
-        # A simulated device takes as long as its profile's FLOP/s make this training take.
-        simulated = self._simulated_seconds(teacher is not None)
-        if simulated > 0:
-            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
-        if cfg.slowdown > 1:
-            await asyncio.sleep((time.perf_counter() - started) * (cfg.slowdown - 1))
+        await self._pace(started, teacher is not None)
         assert self.tier is not None
         update = Update(sender=cfg.node_id, seq=self._seq.next(), base_version=base_version, tier=self.tier,
                         n_samples=len(y), proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids,
@@ -433,6 +481,15 @@ class ClientNode:
         self.bytes_up += len(payload)
         self._events.emit(UpdatePublished(cfg.node_id, update.seq, base_version, self.tier, len(y), len(payload)))
         await self._publish_status()
+
+    async def _pace(self, started: float, distilling: bool) -> None:
+        """Make a training that began at ``started`` (perf_counter) last as long as on this device."""
+        # A simulated device takes as long as its profile's FLOP/s make this training take.
+        simulated = self._simulated_seconds(distilling)
+        if simulated > 0:
+            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
+        if self.config.slowdown > 1:
+            await asyncio.sleep((time.perf_counter() - started) * (self.config.slowdown - 1))
 
     async def _resume_pending(self) -> None:
         """Publish an update a crash left unacknowledged, unless it has gone stale meanwhile."""
@@ -477,8 +534,15 @@ class ClientNode:
         return predict_logits(self.trainer.model, chosen).astype(np.float16)
 
     def snapshot(self) -> dict[str, Any]:
+        from koala_async.io.resources import peak_rss_bytes
+
+        spec = self._trained_spec()
         return {
+            "mode": self.config.mode,
             "tier": self.tier,
+            "model_params": spec.params if spec else None,
+            "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
+            "rss_peak_bytes": peak_rss_bytes(),
             "tier_reason": self.tier_reason,
             "resources": self.resources.summary(),
             "n_samples": len(self.samples),

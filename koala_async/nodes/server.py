@@ -26,7 +26,7 @@ import numpy as np
 
 from koala_async.core.admission import AdmissionContext, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import Knowledge, Limits, ProxySet, Status, Update, decode, encode
+from koala_async.core.envelope import MODES, Knowledge, Limits, ProxySet, Status, Update, decode, encode
 from koala_async.core.fusion import Contribution, Fusion, FusionConfig
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.staleness import StalenessPolicy
@@ -56,6 +56,10 @@ class ServerConfig:
     node_id: str = "server"
     broker: str = "mqtt://127.0.0.1:1883"
     federation: str = "default"
+    # "async" (KOALA, no rounds: this class), "sync" (KOALA in rounds) or "fedavg": see nodes/modes.py.
+    mode: str = "async"
+    round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
+    round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
     # Data: a dataset name from which proxy and test splits are derived (as clients derive shards),
     # or explicit .npz files.
     dataset: str = "digits"
@@ -102,6 +106,10 @@ class ServerConfig:
 
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment {self.augment!r} is not one of {list(AUGMENTATIONS)}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
+        if self.round_timeout <= 0 or self.round_min_clients < 1:
+            raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
 
 
 @dataclass
@@ -140,6 +148,7 @@ class ServerNode:
         self.acks = AckSender(self.topics, config.node_id, self._seq)
         # Accepted, not yet fused: (update, envelope, monotonic arrival time).
         self._pending: list[tuple[Update, bytes, float]] = []
+        self._in_flight = 0  # taken from _pending, not yet published: still "pending" to observers
         # Seconds from an update's arrival to the publication of the first version that fused it.
         self.fuse_latency: deque[float] = deque(maxlen=20_000)
         self.keys: dict[str, bytes] | None = None
@@ -284,25 +293,39 @@ class ServerNode:
                 if isinstance(message, Status) and message.sender == client_id:
                     self.online[message.sender] = {"online": message.online, "state": message.state,
                                                    **message.info}
+                    self._presence_changed()
                 elif not msg.retain or isinstance(message, Status):
                     self.rejects.reject("sender_mismatch" if isinstance(message, Status) else "wrong_kind",
                                         origin=msg.topic)
                 continue
-            if not isinstance(message, Update):
-                self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
-                continue
-            self.metrics.update_bytes += len(msg.payload)
-            decision = admit(message, client_id, self._admission_context(), self.seen)
-            if not decision.accepted:
-                self.rejects.reject(decision.reason, f"seq={message.seq}", message.sender)
-                self._verdict(message, client_id or message.sender, decision.reason, decision.staleness)
-                continue
-            if self.journal is not None:
-                # Durable first, counted second: the published accepted count never runs ahead of disk.
-                self.journal.append(envelope)
-            self._record_accepted(message, envelope, decision.staleness)
-            self._verdict(message, client_id or message.sender, "accepted", decision.staleness)
-            self._arrived.set()
+            self._handle_update(message, envelope, client_id, msg.topic, len(msg.payload))
+
+    def _presence_changed(self) -> None:
+        """A client's status changed (the round-based modes wake up on it)."""
+
+    def _handle_update(self, message: Any, envelope: bytes, client_id: str | None, topic: str,
+                       size: int) -> None:
+        """Admit (or count and drop) a decoded message that arrived on an update topic."""
+        if not isinstance(message, Update):
+            self.rejects.reject("wrong_kind", type(message).__name__, topic)
+            return
+        self.metrics.update_bytes += size
+        decision = admit(message, client_id, self._admission_context(), self.seen)
+        reason = decision.reason if not decision.accepted else self._round_verdict(message)
+        if reason != "accepted":
+            self.rejects.reject(reason, f"seq={message.seq}", message.sender)
+            self._verdict(message, client_id or message.sender, reason, decision.staleness)
+            return
+        if self.journal is not None:
+            # Durable first, counted second: the published accepted count never runs ahead of disk.
+            self.journal.append(envelope)
+        self._record_accepted(message, envelope, decision.staleness)
+        self._verdict(message, client_id or message.sender, "accepted", decision.staleness)
+        self._arrived.set()
+
+    def _round_verdict(self, update: Update) -> str:
+        """``accepted``, or why the round-based modes refuse an otherwise admissible update."""
+        return "accepted"
 
     def _verdict(self, update: Update, client: str, reason: str, staleness: int) -> None:
         """Tell the client (ack topic) and local event consumers what became of ``update``."""
@@ -350,35 +373,45 @@ class ServerNode:
                     pass
             batch, self._pending = self._pending, []
             self._arrived.clear()
-            for update, _, _ in batch:
-                staleness = self.version - update.base_version
-                trust = self.tier_trust.observe(update.tier, update.logits, update.sample_ids,
-                                                self.knowledge_logits)
-                weight = self.fusion.arrival_weight(staleness, update.n_samples, trust)
-                self.fusion.add(update.sender, update.tier, update.base_version, update.logits,
-                                update.sample_ids, weight, update.label_counts)
-            targets, mask = self.fusion.targets(self.version)
-            started = time.perf_counter()
-            # Steps scale with the arrivals fused, so arrivals that queued up while the last
-            # distillation ran still each buy training; capped so a burst cannot stall the loop.
+            self._in_flight = len(batch)
+            try:
+                await self._advance(batch)
+            finally:
+                self._in_flight = 0
+
+    async def _advance(self, batch: list[tuple[Update, bytes, float]], steps: int | None = None) -> None:
+        """Fuse ``batch`` (accepted updates), distill, and publish the next knowledge version."""
+        cfg = self.config
+        for update, _, _ in batch:
+            staleness = self.version - update.base_version
+            trust = self.tier_trust.observe(update.tier, update.logits, update.sample_ids,
+                                            self.knowledge_logits)
+            weight = self.fusion.arrival_weight(staleness, update.n_samples, trust)
+            self.fusion.add(update.sender, update.tier, update.base_version, update.logits,
+                            update.sample_ids, weight, update.label_counts)
+        targets, mask = self.fusion.targets(self.version)
+        started = time.perf_counter()
+        # Steps scale with the arrivals fused, so arrivals that queued up while the last
+        # distillation ran still each buy training; capped so a burst cannot stall the loop.
+        if steps is None:
             steps = cfg.distill_steps * min(len(batch), max(4, cfg.buffer_size))
-            await asyncio.to_thread(self._distill_step, targets, mask, steps)
-            self.metrics.distill_seconds += time.perf_counter() - started
-            if self.journal is not None:
-                # The new version is durable before anyone can see it.
-                await asyncio.to_thread(self._write_checkpoint, self._capture(self.version + 1))
-            self.version += 1
-            self.metrics.timeline.append((round(time.monotonic() - self._started, 3), self.version,
-                                          self.test_accuracy))
-            payload = self._knowledge_payload()
-            self.metrics.knowledge_bytes += len(payload)
-            await self.transport.publish(self.topics.knowledge, payload, retain=True)
-            self._events.emit(KnowledgeChanged(cfg.node_id, self.version, self.version - 1))
-            published = time.monotonic()
-            self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
-            await self._publish_status()
-            log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", self.version,
-                     self.test_accuracy, self.metrics.accepted, self.rejects.total)
+        await asyncio.to_thread(self._distill_step, targets, mask, steps)
+        self.metrics.distill_seconds += time.perf_counter() - started
+        if self.journal is not None:
+            # The new version is durable before anyone can see it.
+            await asyncio.to_thread(self._write_checkpoint, self._capture(self.version + 1))
+        self.version += 1
+        self.metrics.timeline.append((round(time.monotonic() - self._started, 3), self.version,
+                                      self.test_accuracy))
+        payload = self._knowledge_payload()
+        self.metrics.knowledge_bytes += len(payload)
+        await self.transport.publish(self.topics.knowledge, payload, retain=True)
+        self._events.emit(KnowledgeChanged(self.config.node_id, self.version, self.version - 1))
+        published = time.monotonic()
+        self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
+        await self._publish_status()
+        log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", self.version,
+                 self.test_accuracy, self.metrics.accepted, self.rejects.total)
 
     def _distill_step(self, targets: np.ndarray, mask: np.ndarray, steps: int) -> None:
         from koala_async.learning.distill import predict_logits
@@ -403,12 +436,14 @@ class ServerNode:
         return encode(Knowledge(sender=self.config.node_id, seq=self._seq.next(), version=self.version,
                                 proxy_id=self.proxy_id, num_classes=self.spec.num_classes,
                                 temperature=self.config.temperature, logits=self.knowledge_logits,
-                                accepted_tiers=self.config.accepted_tiers, sent_at=time.time()))
+                                accepted_tiers=self.config.accepted_tiers, sent_at=time.time(),
+                                mode=self.config.mode))
 
     def snapshot(self) -> dict[str, Any]:
         """The server's counters, as published in its status and written to its report."""
         m = self.metrics
         return {
+            "mode": self.config.mode,
             "version": self.version,
             "test_accuracy": self.test_accuracy,
             "large_model": getattr(self, "large_name", None),
@@ -418,7 +453,7 @@ class ServerNode:
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
             "staleness_hist": dict(m.staleness_hist),
-            "pending": len(self._pending),
+            "pending": len(self._pending) + self._in_flight,
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,
             "distill_seconds": round(m.distill_seconds, 3),

@@ -89,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from koala_async.tools.runner import run_scenario
     from koala_async.tools.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, broker=args.broker)  # fails fast: nothing started yet
+    scenario = load_scenario(args.scenario, broker=args.broker, mode=args.mode)  # fails fast: nothing started
     # SIGTERM (a CI job being cancelled) unwinds like Ctrl-C, so every started process is reaped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # The runner's own broker link drops on a broker restart by design; the view shows the events.
@@ -124,17 +124,19 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     from koala_async.config import load_into
-    from koala_async.nodes.server import ServerConfig, ServerNode
+    from koala_async.nodes.modes import server_node
+    from koala_async.nodes.server import ServerConfig
 
     table, text, source = _load_node_table(args.config, "server")
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "dataset": "dataset",
                                    "id": "node_id", "report": "report_path", "proxy": "proxy_path",
                                    "test": "test_path", **_SECURITY_FLAGS, "state_dir": "state_dir",
+                                   "mode": "mode",
                                    "keys_file": "keys_file"}))
     config = load_into(ServerConfig, table, source=source, text=text, prefix="server" if source else "")
 
     async def main() -> None:
-        async with ServerNode(config) as server:
+        async with server_node(config) as server:
             log.info("server %s up on %s (large model %s)", config.node_id, config.broker, server.large_name)
             await _until_signalled()
 
@@ -144,14 +146,15 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_client(args: argparse.Namespace) -> int:
     from koala_async.config import load_into
-    from koala_async.nodes.client import ClientConfig, ClientNode
+    from koala_async.nodes.client import ClientConfig
+    from koala_async.nodes.modes import client_node
 
     table, text, source = _load_node_table(args.config, "client")
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "id": "node_id",
                                    "data": "data_path", "dataset": "dataset", "shard": "shard",
                                    "num_shards": "num_shards", "tier": "tier", "max_updates": "max_updates",
                                    "profile": "profile",
-                                   **_SECURITY_FLAGS, "state_dir": "state_dir"}))
+                                   **_SECURITY_FLAGS, "state_dir": "state_dir", "mode": "mode"}))
     config = load_into(ClientConfig, table, source=source, text=text, prefix="client" if source else "")
     if args.dry_run:
         from koala_async.tools.dryrun import plan, render
@@ -161,7 +164,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> None:
-        async with ClientNode(config) as client:
+        async with client_node(config) as client:
             await _until_signalled(asyncio.ensure_future(client.done()) if args.exit_when_done else
                                    asyncio.get_running_loop().create_future())
 
@@ -206,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG plot here (accuracy with events, updates, staleness)")
     p.add_argument("--broker", help="override the scenario's broker: embedded, mosquitto or mqtt://HOST:PORT")
     p.add_argument("--no-reference", action="store_true", help="skip the local-only reference training")
+    p.add_argument("--mode", choices=("async", "sync", "fedavg"),
+                   help="override the scenario's [federation] mode: async KOALA, KOALA in synchronous "
+                        "rounds, or FedAvg of the large model")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("tiers", help="print the measured client tier catalog and its savings vs the large model")
@@ -230,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help=".npz with x and y: the held-out test set")
     p.add_argument("--report", help="write a JSON report here on shutdown")
     p.add_argument("--keys-file", help="JSON {client id: key}: require HMAC-signed updates")
+    p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_server)
 
@@ -249,6 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resource probe, chosen tier and predicted memory/time; connect to nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
+    p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_client)
 

@@ -294,32 +294,55 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
 def build_report(scenario: Scenario, observer: Observer, local: dict[str, float], wall: float,
                  completed: bool, failure: str) -> dict[str, Any]:
     srv = observer.server
-    clients = {cid: {k: c.get(k) for k in ("tier", "tier_reason", "n_samples", "updates_sent", "knowledge_version",
-                                             "bytes_up", "bytes_down", "state")}
+    clients = {cid: {k: c.get(k) for k in CLIENT_FIELDS}
                | {"accepted": srv.get("accepted_by_client", {}).get(cid, 0),
-                  "local_only_test_accuracy": local.get(cid)}
+                  "local_only_test_accuracy": local.get(cid),
+                  "bytes_per_update": _ratio(c.get("bytes_up", 0), c.get("updates_sent", 0))}
                for cid, c in sorted(observer.clients.items())}
     local_values = [v for v in local.values() if v == v]
+    sent = sum(c.get("updates_sent", 0) for c in observer.clients.values())
+    up = sum(c.get("bytes_up", 0) for c in observer.clients.values())
+    target = scenario.federation.target_accuracy
     return {
         "scenario": scenario.source,
+        "mode": scenario.federation.mode,
         "broker": scenario.broker.kind,
         "completed": completed,
         "failure": failure or None,
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
                         "version": srv.get("version", 0), "timeline": observer.timeline,
-                        "tier_trust": srv.get("tier_trust")},
+                        "tier_trust": srv.get("tier_trust"), "target_accuracy": target,
+                        "time_to_target": time_to_target(observer.timeline, target),
+                        # when the server first reported (process start-up before it is not learning)
+                        "first_report_at": observer.timeline[0][0] if observer.timeline else None},
         "local_only": {"mean_test_accuracy": sum(local_values) / len(local_values) if local_values else None,
                        "per_client": local},
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),
                     "sent": sum(c.get("updates_sent", 0) for c in observer.clients.values())},
         "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0),
                       "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {})},
-        "bytes": {"up": sum(c.get("bytes_up", 0) for c in observer.clients.values()),
-                  "down": sum(c.get("bytes_down", 0) for c in observer.clients.values())},
+        "bytes": {"up": up, "down": sum(c.get("bytes_down", 0) for c in observer.clients.values()),
+                  "per_update_mean": _ratio(up, sent)},
         "clients": clients,
         "samples": [{k: v for k, v in s.items() if k != "accepted_by_client"} for s in observer.samples],
         "wall_seconds": round(wall, 2),
     }
 
 
-__all__ = ["KoalaError", "Observer", "build_report", "run_scenario"]
+# Per client in the report: what it trained (for the bench: parameters, FLOPs, peak memory) and sent.
+CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "knowledge_version", "bytes_up",
+                 "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state")
+
+
+def _ratio(total: float, count: int) -> float | None:
+    return round(total / count, 1) if count else None
+
+
+def time_to_target(timeline: list[tuple[float, int, float]], target: float | None) -> float | None:
+    """Seconds until the server first reported accuracy >= ``target`` (None: never, or no target)."""
+    if target is None:
+        return None
+    return next((t for t, _, acc in timeline if acc >= target), None)
+
+
+__all__ = ["KoalaError", "Observer", "build_report", "run_scenario", "time_to_target"]

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from koala_async.config import find_line, load_into, read_toml
+from koala_async.core.envelope import MODES
 from koala_async.errors import ConfigError
 from koala_async.tools.timeline import (
     ACTIONS,
@@ -31,7 +32,7 @@ ASSERTION_KINDS = ("final_accuracy", "max_staleness", "nothing_accepted_lost",
 @dataclass(frozen=True)
 class FederationSpec:
     name: str = "default"
-    mode: str = "async"
+    mode: Literal["async", "sync", "fedavg"] = "async"  # core.envelope.MODES
     dataset: str = "digits"
     seed: int = 0
     alpha: float = 0.5
@@ -39,13 +40,17 @@ class FederationSpec:
     proxy_fraction: float = 0.25
     duration: float = 240.0
     settle: float = 3.0
+    # The accuracy a benchmark measures time-to-target against (the report's large_model.time_to_target).
+    target_accuracy: float | None = None
     # "done": stop once the timeline has played, every running client made its updates and the server
     # settled (running out of ``duration`` is then a failure); "duration": always run ``duration``.
     until: str = "done"
 
     def __post_init__(self) -> None:
-        if self.mode not in ("async",):
-            raise ValueError(f"mode {self.mode!r} is not one of ['async']")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
+        if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:
+            raise ValueError("target_accuracy must be in (0, 1]")
         if self.duration <= 0:
             raise ValueError("duration must be > 0")
         if self.until not in ("done", "duration"):
@@ -164,7 +169,7 @@ class Scenario:
         f = self.federation
         shared = {"broker": broker_url, "federation": f.name, "dataset": f.dataset, "seed": f.seed,
                   "test_fraction": f.test_fraction, "proxy_fraction": f.proxy_fraction}
-        return {**shared, **self.server}
+        return {**shared, **self.server, "mode": f.mode}  # the federation's mode, in every node
 
     def client_configs(self, broker_url: str) -> list[dict[str, Any]]:
         f = self.federation
@@ -176,7 +181,8 @@ class Scenario:
                 out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset,
                             "seed": f.seed, "alpha": f.alpha, "test_fraction": f.test_fraction,
                             "proxy_fraction": f.proxy_fraction, "num_shards": self.num_clients,
-                            "shard": shard, "node_id": f"{group.prefix}-{i}", **extra, **group.config})
+                            "shard": shard, "node_id": f"{group.prefix}-{i}", **extra, **group.config,
+                            "mode": f.mode})
                 shard += 1
         return out
 
@@ -241,9 +247,9 @@ def _build_timeline(scenario: Scenario, text: str) -> tuple[tuple[Event, ...], t
     return tuple(sorted(events, key=lambda e: (e.at, e.order))), tuple(sorted(late))
 
 
-def load_scenario(path: str | Path, *, broker: str | None = None) -> Scenario:
+def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | None = None) -> Scenario:
     """Load and validate a scenario file. ``broker`` ("embedded", "mosquitto" or an mqtt:// URL)
-    overrides the file's [broker] table."""
+    overrides the file's [broker] table, ``mode`` its ``[federation] mode``."""
     data, text = read_toml(path)
     source = str(path)
     scenario = load_into(Scenario, {**data, "source": source}, source=source, text=text)
@@ -252,6 +258,11 @@ def load_scenario(path: str | Path, *, broker: str | None = None) -> Scenario:
                           line=find_line(text, "timeline"))
     if not scenario.clients:
         raise ConfigError("a scenario needs at least one [[clients]] group", source=source, key="clients")
+    for key, table in [("server", scenario.server)] + [(f"clients[{i}].config", g.config)
+                                                       for i, g in enumerate(scenario.clients)]:
+        if "mode" in table:
+            raise ConfigError("the mode is the federation's: set [federation] mode (or koala run --mode)",
+                              source=source, key=f"{key}.mode", line=find_line(text, f"{key}.mode"))
     ids = scenario.client_ids()
     if len(set(ids)) != len(ids):
         raise ConfigError("client ids collide; give each group its own prefix", source=source, key="clients")
@@ -268,5 +279,9 @@ def load_scenario(path: str | Path, *, broker: str | None = None) -> Scenario:
         except ValueError as exc:
             raise ConfigError(f"--broker: {exc}") from None
         scenario = replace(scenario, broker=spec)
+    if mode:
+        if mode not in MODES:
+            raise ConfigError(f"--mode: mode {mode!r} is not one of {list(MODES)}")
+        scenario = replace(scenario, federation=replace(scenario.federation, mode=mode))  # type: ignore[arg-type]
     timeline, late = _build_timeline(scenario, text)
     return replace(scenario, timeline=timeline, late=late)

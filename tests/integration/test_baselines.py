@@ -1,0 +1,153 @@
+"""The sync and fedavg baselines end to end over the embedded broker: server and clients in one loop.
+
+Each federation must learn (held-out accuracy clearly above chance) in a couple of rounds, wait for
+its selected clients (and only for those still there), and count what it drops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+
+import aiomqtt
+import numpy as np
+import pytest
+
+from koala_async.core.envelope import Update, Weights, encode
+from koala_async.core.tiering import TierPolicy
+from koala_async.core.topics import Topics
+from koala_async.io.broker import EmbeddedBroker
+from koala_async.nodes.client import ClientConfig, ClientNode, TrainSettings
+from koala_async.nodes.fedavg_client import FedAvgClientNode
+from koala_async.nodes.fedavg_server import FedAvgServerNode
+from koala_async.nodes.modes import client_node, server_node
+from koala_async.nodes.server import ServerConfig, ServerNode
+from koala_async.nodes.sync import SyncServerNode
+
+pytestmark = pytest.mark.timeout(150)  # every wait is bounded; this only catches a wedged event loop
+TOPICS = Topics("default")
+CHANCE = 0.1  # ten classes
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+async def publish_raw(url: str, topic: str, payload: bytes) -> None:
+    host, port = url.removeprefix("mqtt://").split(":")
+    async with asyncio.timeout(10):
+        async with aiomqtt.Client(host, int(port), identifier=f"raw-{time.monotonic_ns()}") as client:
+            await client.publish(topic, payload, qos=1)
+
+
+def client_config(url: str, mode: str, i: int, updates: int, epochs: int = 5) -> ClientConfig:
+    # Never defer training for load: the test shares a loaded box (this is not what is under test).
+    return ClientConfig(node_id=f"c{i}", shard=i, num_shards=3, max_updates=updates, interval=0.2,
+                        broker=url, mode=mode, tier="image-small", train=TrainSettings(epochs=epochs),
+                        tier_policy=TierPolicy(high_load=1000.0, defer_load=1000.0))
+
+
+async def run_rounds(stack: AsyncExitStack, server: ServerNode, clients: list[ClientNode],
+                     rounds: int) -> None:
+    try:
+        async with asyncio.timeout(100):
+            await asyncio.gather(*(c.done() for c in clients))
+    except TimeoutError:
+        pytest.fail(f"clients did not finish: {[c.updates_sent for c in clients]}, {server.snapshot()}")
+    await wait_for(lambda: server.version >= rounds and server.snapshot()["pending"] == 0, 60,
+                   f"round {rounds} published")
+
+
+def test_the_mode_picks_the_node_class() -> None:
+    assert type(server_node(ServerConfig(mode="sync"))) is SyncServerNode
+    assert type(server_node(ServerConfig(mode="fedavg"))) is FedAvgServerNode
+    assert type(server_node(ServerConfig())) is ServerNode
+    assert type(client_node(ClientConfig(mode="fedavg"))) is FedAvgClientNode
+    assert type(client_node(ClientConfig(mode="sync"))) is ClientNode
+    with pytest.raises(ValueError, match="mode"):
+        ServerConfig(mode="gossip")
+
+
+async def test_sync_koala_learns_in_rounds_and_stops_waiting_for_a_client_that_left(
+        embedded_broker: EmbeddedBroker) -> None:
+    url = embedded_broker.url
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(SyncServerNode(
+            ServerConfig(broker=url, mode="sync", round_timeout=60)))
+        # c2 takes part in round 0 only, then goes away: round 1 must not wait for it. It comes up
+        # first, so it is online (selected) before anyone can deliver.
+        leaving = AsyncExitStack()
+        leaver = await leaving.enter_async_context(ClientNode(client_config(url, "sync", 2, 1)))
+        stayers = [await stack.enter_async_context(ClientNode(client_config(url, "sync", i, 2)))
+                   for i in range(2)]
+        try:
+            async with asyncio.timeout(60):
+                await leaver.done()
+        finally:
+            await leaving.aclose()  # goodbye status: online = false
+        await run_rounds(stack, server, stayers, rounds=2)
+
+        assert server.metrics.accepted_by_client == {"c0": 2, "c1": 2, "c2": 1}
+        assert server.barrier.timed_out_rounds == 0  # nobody waited for c2's 60 s timeout
+        assert server.version == 2  # one version per round: exactly two rounds
+        assert server.metrics.staleness_max == 0  # every update was built on its own round
+        assert server.test_accuracy > CHANCE + 0.4, server.metrics.timeline
+        assert [c._trained_on[0] for c in stayers] == [1, 1]  # trained once per version: 0, then 1
+        await wait_for(lambda: all(c.knowledge is not None and c.knowledge.version == 2 for c in stayers),
+                       10, "the last knowledge at the clients")
+        assert all(c.knowledge.mode == "sync" for c in stayers)
+
+        # an update built on a finished round is stale, counted and dropped
+        await publish_raw(url, TOPICS.update("late"), encode(Update(
+            sender="late", seq=1, base_version=1, tier="image-small", n_samples=10, proxy_id=server.proxy_id,
+            logits=np.zeros((len(server.proxy_x), 10), np.float16))))
+        await wait_for(lambda: server.rejects.counts["stale"] == 1, 10, "the stale update counted")
+        assert server.version == 2 and server.metrics.accepted == 5
+
+
+async def test_fedavg_clients_train_the_large_model_and_the_server_averages(
+        embedded_broker: EmbeddedBroker) -> None:
+    url = embedded_broker.url
+    async with AsyncExitStack() as stack:
+        server = await stack.enter_async_context(FedAvgServerNode(ServerConfig(
+            broker=url, mode="fedavg", large_model="image-large", round_timeout=60)))
+        clients = [await stack.enter_async_context(FedAvgClientNode(client_config(url, "fedavg", i, 2)))
+                   for i in range(3)]
+        start_accuracy = server.metrics.timeline[0][2]
+        await run_rounds(stack, server, clients, rounds=2)
+
+        assert server.version == 2 and server.metrics.accepted == 6
+        assert dict(server.rejects.counts) == {}
+        assert start_accuracy < 0.3
+        assert server.test_accuracy > CHANCE + 0.5, server.metrics.timeline
+        params = sum(int(np.prod(shape)) for shape in server.layout.values())
+        assert params > 500_000  # the large model, not a client tier
+        for c in clients:
+            snap = c.snapshot()
+            assert snap["tier"] == "image-large" and snap["model_params"] == params
+            assert snap["train_flops_per_sample"] > 1e6
+            # two uploads of full float32 weights (plus a small msgpack header each)
+            assert 2 * 4 * params < snap["bytes_up"] < 2 * 4 * params * 1.01
+            assert snap["rss_peak_bytes"] > 0
+            assert dict(c.rejects.counts) == {}
+        await wait_for(lambda: all(c.global_model is not None and c.global_model.base_version == 2
+                                   for c in clients), 10, "the last global model at the clients")
+
+        # weights with a wrong shape, and logits where weights belong, are counted by reason
+        bad = {name: np.zeros(shape, np.float32) for name, shape in server.layout.items()}
+        first = next(iter(bad))
+        bad[first] = np.zeros((1,), np.float32)
+        await publish_raw(url, TOPICS.update("rogue"), encode(Weights(
+            sender="rogue", seq=1, base_version=2, model="image-large", n_samples=5, params=bad)))
+        await publish_raw(url, TOPICS.update("rogue"), encode(Update(
+            sender="rogue", seq=2, base_version=2, tier="image-small", n_samples=5, proxy_id="x",
+            logits=np.zeros((3, 10), np.float16))))
+        await wait_for(lambda: server.rejects.total == 2, 10, "two rejects")
+        assert dict(server.rejects.counts) == {"shape_mismatch": 1, "wrong_kind": 1}
+        assert server.version == 2
