@@ -28,7 +28,8 @@ KIND_KNOWLEDGE = "knowledge"
 KIND_PROXY = "proxy"
 KIND_STATUS = "status"
 KIND_WEIGHTS = "weights"
-KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS)
+KIND_ACK = "ack"
+KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIND_ACK)
 
 # Federation modes (docs/scenarios.md): KOALA without rounds, KOALA in synchronous rounds, FedAvg.
 MODES = ("async", "sync", "fedavg")
@@ -111,6 +112,25 @@ class Status:
 
 
 @dataclass(frozen=True)
+class Ack:
+    """The server's verdict on one update, sent to the client that published it (QoS 1, not retained).
+
+    ``update_seq`` is the update's sequence number; ``reason`` is ``"accepted"`` or the admission
+    reason it was refused under; ``version`` is the server's knowledge version at admission.
+    """
+
+    sender: str
+    seq: int
+    client: str
+    update_seq: int
+    accepted: bool
+    reason: str
+    version: int
+    staleness: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass(frozen=True)
 class Weights:
     """Full model weights (FedAvg): a client's locally trained model built on global ``base_version``,
     or the server's global model at ``base_version``. ``params`` maps parameter name -> float32 array;
@@ -126,7 +146,7 @@ class Weights:
     sent_at: float = 0.0
 
 
-Message = Update | Knowledge | ProxySet | Status | Weights
+Message = Update | Knowledge | ProxySet | Status | Weights | Ack
 
 
 # -- arrays ------------------------------------------------------------------------------------
@@ -204,6 +224,10 @@ def encode(message: Message) -> bytes:
         body = {"role": message.role, "online": message.online, "state": message.state,
                 "info": message.info}
         head = _header(KIND_STATUS, message.sender, message.seq, 0, message.sent_at)
+    elif isinstance(message, Ack):
+        body = {"client": message.client, "update_seq": message.update_seq, "accepted": message.accepted,
+                "reason": message.reason, "staleness": message.staleness}
+        head = _header(KIND_ACK, message.sender, message.seq, message.version, message.sent_at)
     elif isinstance(message, Weights):
         body = {"model": message.model, "n": message.n_samples,
                 "params": {name: pack_array(np.asarray(value, dtype=np.float32))
@@ -313,6 +337,12 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
         return ProxySet(sender=sender, seq=seq, proxy_id=_get(body, "proxy", str, kind), inputs=inputs,
                         num_classes=_int(body.get("classes"), "classes", limits.max_classes),
                         sent_at=float(sent_at))
+    if kind == KIND_ACK:
+        return Ack(sender=sender, seq=seq, client=_get(body, "client", str, kind)[:128],
+                   update_seq=_int(body.get("update_seq"), "update_seq", limits.max_seq),
+                   accepted=_get(body, "accepted", bool, kind), reason=_get(body, "reason", str, kind)[:64],
+                   version=base, staleness=_int(body.get("staleness"), "staleness", limits.max_version),
+                   sent_at=float(sent_at))
     info = body.get("info", {})
     if not isinstance(info, dict):
         raise MessageError("bad_field", "status.info")

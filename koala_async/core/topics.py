@@ -49,6 +49,10 @@ class Topics:
     def client_status(self, client_id: str) -> str:
         return f"{self.prefix}/clients/{client_id}/status"
 
+    def ack(self, client_id: str) -> str:
+        """Where the server tells client ``client_id`` whether each of its updates was accepted."""
+        return f"{self.prefix}/clients/{client_id}/ack"
+
     @property
     def all_updates(self) -> str:
         return f"{self.prefix}/clients/+/update"

@@ -1,7 +1,8 @@
 """MQTT transport: one aiomqtt connection kept alive with jittered backoff, as an async context manager.
 
 ``Transport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
-on every (re)connect (so a node can republish retained state a restarted broker lost), hands incoming
+on every (re)connect (so a node can republish retained state a restarted broker lost), tells an
+optional ``on_link(connected, detail)`` callback each time the link comes up or goes down, hands incoming
 messages to a bounded queue (a full queue applies backpressure rather than dropping), and retries
 QoS 1 publishes until the broker acknowledges them. aiomqtt/paho errors become
 :class:`~koala_async.errors.TransportError` here and never leak further.
@@ -106,12 +107,14 @@ class Transport:
                  subscriptions: tuple[tuple[str, int], ...] = (),
                  on_connect: Callable[[Transport], Awaitable[None]] | None = None,
                  clean_session: bool = True, keepalive: int = 30, queue_size: int = 10_000,
-                 backoff: Backoff = Backoff(), seed: int | None = None) -> None:
+                 backoff: Backoff = Backoff(), seed: int | None = None,
+                 on_link: Callable[[bool, str], None] | None = None) -> None:
         self.address = address
         self.client_id = client_id
         self.will = will
         self.subscriptions = subscriptions
         self.on_connect = on_connect
+        self.on_link = on_link  # called (synchronously) with (True, address) / (False, error)
         self.clean_session = clean_session
         self.keepalive = keepalive
         self.backoff = backoff
@@ -148,6 +151,8 @@ class Transport:
                     attempt = 0
                     log.info("%s connected to %s", self.client_id, self.address)
                     self.connected.set()
+                    if self.on_link is not None:
+                        self.on_link(True, str(self.address))
                     # on_connect publishes (retained state): it runs beside the message pump, so a link
                     # that dies meanwhile is still noticed and on_connect is cancelled with it.
                     hook = None
@@ -168,6 +173,8 @@ class Transport:
                 attempt += 1
                 if was_connected:
                     self.stats.disconnects += 1
+                    if self.on_link is not None:
+                        self.on_link(False, str(exc))
                     log.warning("%s lost the broker at %s (%s); reconnecting in %.1fs",
                                 self.client_id, self.address, exc, delay)
                 else:

@@ -10,6 +10,7 @@ These functions block; nodes call them through ``asyncio.to_thread``.
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from koala_async.learning.adam import Adam
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -57,15 +60,18 @@ class LocalTrainer:
     def __init__(self, model: nn.Module, config: TrainConfig, seed: int = 0) -> None:
         self.model = model
         self.config = config
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        # Our own Adam, not torch.optim's: that one pulls torch's compiler stack into a client's memory.
+        self.optimizer = Adam(model.parameters(), lr=config.lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.epochs_done = 0
 
     def train(self, x: np.ndarray, y: np.ndarray, proxy_x: np.ndarray | None = None,
-              teacher_logits: np.ndarray | None = None, epochs: int | None = None) -> float:
+              teacher_logits: np.ndarray | None = None, epochs: int | None = None,
+              stop: threading.Event | None = None) -> float:
         """Train on private ``(x, y)``, distilling ``teacher_logits`` on ``proxy_x`` when given.
 
-        Returns the mean loss of the last epoch.
+        Returns the mean loss of the last epoch. Setting ``stop`` (from another thread) ends the
+        training after the current minibatch, so a node shutting down need not wait for all epochs.
         """
         cfg = self.config
         xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
@@ -79,6 +85,8 @@ class LocalTrainer:
             order = torch.randperm(len(xt), generator=self.generator)
             total, batches = 0.0, 0
             for start in range(0, len(xt), cfg.batch_size):
+                if stop is not None and stop.is_set():
+                    return total / max(batches, 1)
                 idx = order[start:start + cfg.batch_size]
                 loss = F.cross_entropy(self.model(xt[idx]), yt[idx])
                 if use_kd:

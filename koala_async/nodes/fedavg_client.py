@@ -3,8 +3,8 @@
 The client subscribes to the retained global model (``koala/<federation>/server/model``), builds the
 architecture it names (checked against this client's input kind; the weights against its layout),
 and once per global version trains it from the global weights on its private data for its configured
-local epochs (cross-entropy, the same ``train`` settings as a KOALA client, a fresh optimizer per
-round as in FedAvg), then publishes float32 weights built on that version. Everything else (status
+local epochs (cross-entropy, the ``train`` settings of a KOALA client with ``fedavg_lr`` as the learning
+rate, a fresh optimizer per round as in FedAvg), then publishes float32 weights built on that version. Everything else (status
 and last will, pacing of simulated and slowed devices, reject counting, report fields) is
 :class:`~koala_async.nodes.client.ClientNode`'s.
 """
@@ -137,7 +137,8 @@ class FedAvgClientNode(ClientNode):
             large_spec(self.data.spec, base.model)  # measured once here, off the event loop
             self.tier = base.model
         self._model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in base.params.items()})
-        trainer = LocalTrainer(self._model, TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+        trainer = LocalTrainer(self._model, TrainConfig(epochs=t.epochs, batch_size=t.batch_size,
+                                                        lr=t.fedavg_lr,
                                                         kd_weight=0.0),
                                seed=cfg.seed + cfg.shard + 7919 * base.base_version)
         self.last_loss = trainer.train(self.data.x, self.data.y)

@@ -35,7 +35,16 @@ from koala_async.core.trust import TierTrust, TrustConfig
 from koala_async.errors import ConfigError, MessageError
 from koala_async.io.durable import Journal, atomic_write
 from koala_async.io.transport import Transport, Will
+from koala_async.nodes.acks import AckSender
 from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
+from koala_async.nodes.events import (
+    EventHub,
+    EventStream,
+    KnowledgeChanged,
+    UpdateAccepted,
+    UpdateRejected,
+    link_listener,
+)
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +156,8 @@ class ServerNode:
         self.online: dict[str, dict[str, Any]] = {}
         self.tier_trust = TierTrust(config.trust)
         self._seq = SeqCounter()
+        self._events = EventHub(config.node_id)
+        self.acks = AckSender(self.topics, config.node_id, self._seq)
         # Accepted, not yet fused: (update, envelope, monotonic arrival time).
         self._pending: list[tuple[Update, bytes, float]] = []
         self._in_flight = 0  # taken from _pending, not yet published: still "pending" to observers
@@ -230,10 +241,11 @@ class ServerNode:
         self.transport = await self._stack.enter_async_context(Transport(
             address, f"koala-{cfg.federation}-{cfg.node_id}", will=will, clean_session=False,
             subscriptions=((self.topics.all_updates, 1), (self.topics.all_client_status, 1)),
-            on_connect=self._on_connect))
+            on_connect=self._on_connect, on_link=link_listener(self._events, str(address))))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._started = time.monotonic()
-        for coro, name in ((self._ingest(), "ingest"), (self._learn(), "learn"), (self._heartbeat(), "status")):
+        for coro, name in ((self._ingest(), "ingest"), (self._learn(), "learn"), (self._heartbeat(), "status"),
+                           (self.acks.run(self.transport), "acks")):
             self._tasks.append(tasks.create_task(coro, name=f"server-{name}"))
         return self
 
@@ -255,10 +267,20 @@ class ServerNode:
                 await asyncio.to_thread(self._write_checkpoint, self._capture(self.version))
                 self.journal.close()
             self._write_report()
+            self._events.close()
             self._closed.set()
 
     async def closed(self) -> None:
         await self._closed.wait()
+
+    def events(self, maxsize: int | None = None) -> EventStream:
+        """A new bounded stream of this server's events (see :mod:`koala_async.nodes.events`)."""
+        return self._events.stream(maxsize)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events dropped, over all streams, because a consumer fell behind."""
+        return self._events.dropped
 
     # -- loops -----------------------------------------------------------------------------------
 
@@ -305,16 +327,26 @@ class ServerNode:
         reason = decision.reason if not decision.accepted else self._round_verdict(message)
         if reason != "accepted":
             self.rejects.reject(reason, f"seq={message.seq}", message.sender)
+            self._verdict(message, client_id or message.sender, reason, decision.staleness)
             return
         if self.journal is not None:
             # Durable first, counted second: the published accepted count never runs ahead of disk.
             self.journal.append(envelope)
         self._record_accepted(message, envelope, decision.staleness)
+        self._verdict(message, client_id or message.sender, "accepted", decision.staleness)
         self._arrived.set()
 
     def _round_verdict(self, update: Update) -> str:
         """``accepted``, or why the round-based modes refuse an otherwise admissible update."""
         return "accepted"
+
+    def _verdict(self, update: Update, client: str, reason: str, staleness: int) -> None:
+        """Tell the client (ack topic) and local event consumers what became of ``update``."""
+        accepted = reason == "accepted"
+        self.acks.offer(client, update.seq, accepted, reason, self.version, staleness)
+        node = self.config.node_id
+        self._events.emit(UpdateAccepted(node, client, update.seq, self.version, staleness) if accepted
+                          else UpdateRejected(node, client, update.seq, self.version, reason))
 
     def _record_accepted(self, update: Update, envelope: bytes, staleness: int) -> None:
         self.seen.add(update.sender, update.seq)
@@ -394,6 +426,7 @@ class ServerNode:
         payload = self._knowledge_payload()
         self.metrics.knowledge_bytes += len(payload)
         await self.transport.publish(self.topics.knowledge, payload, retain=True)
+        self._events.emit(KnowledgeChanged(self.config.node_id, self.version, self.version - 1))
         published = time.monotonic()
         self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
         self._fused_at.extend((published, published - arrived) for _, _, arrived in batch)
@@ -453,6 +486,7 @@ class ServerNode:
             "distill_steps_skipped": m.distill_steps_skipped,
             "uptime": round(time.monotonic() - self._started, 3),
             "tier_trust": self.tier_trust.as_dict(),
+            "acks_dropped": self.acks.dropped,
             "clients_online": sorted(k for k, v in self.online.items() if v.get("online")),
         }
 

@@ -159,8 +159,15 @@ def cmd_client(args: argparse.Namespace) -> int:
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "id": "node_id",
                                    "data": "data_path", "dataset": "dataset", "shard": "shard",
                                    "num_shards": "num_shards", "tier": "tier", "max_updates": "max_updates",
+                                   "profile": "profile",
                                    **_SECURITY_FLAGS, "state_dir": "state_dir", "mode": "mode"}))
     config = load_into(ClientConfig, table, source=source, text=text, prefix="client" if source else "")
+    if args.dry_run:
+        from koala_async.tools.dryrun import plan, render
+
+        result = plan(config)
+        print(json.dumps(result, indent=2) if args.json else render(result))
+        return 0
 
     async def main() -> None:
         async with client_node(config) as client:
@@ -257,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tier")
     p.add_argument("--max-updates", type=int)
     p.add_argument("--exit-when-done", action="store_true", help="exit after max-updates updates")
+    p.add_argument("--profile", help="simulate a device class (pi-zero, pi-4, laptop, ...): caps the probe")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resource probe, chosen tier and predicted memory/time; connect to nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
     p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_client)

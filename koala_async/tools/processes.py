@@ -23,6 +23,7 @@ class NodeProcess:
     starts: int = 0
     argv: list[str] | None = None  # a command of its own (a broker); default: koala <role> --config
     expected_down: bool = False  # the runner stopped it on purpose: its exit is no failure
+    nice: int = 0  # added to the process's niceness at start (lower scheduling priority)
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -41,7 +42,8 @@ class NodeProcess:
         self.proc = subprocess.Popen(
             argv,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            start_new_session=True)  # its own process group: a Ctrl-C to the runner does not reach it
+            start_new_session=True,  # its own process group: a Ctrl-C to the runner does not reach it
+            preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
         log.close()
         self.starts += 1
 

@@ -236,7 +236,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         run.start("server")
         first = set(scenario.initially_started())
         for cfg in client_cfgs:
-            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath))
+            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath, nice=fed.client_nice))
             if cfg["node_id"] in first:
                 run.start(cfg["node_id"])
         view.event(observer.elapsed(), f"started server and {len(first)} of {len(client_cfgs)} clients")

@@ -45,8 +45,14 @@ class FederationSpec:
     # "done": stop once the timeline has played, every running client made its updates and the server
     # settled (running out of ``duration`` is then a failure); "duration": always run ``duration``.
     until: str = "done"
+    # Scheduling priority (nice, 0-19) of client processes. A scenario co-locates clients with the
+    # server on one machine; real devices train on their own CPUs and never slow the server down.
+    # A positive value gives the server first claim on the cores, as separate devices would.
+    client_nice: int = 0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.client_nice <= 19:
+            raise ValueError("client_nice must be in [0, 19]")
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r} is not one of {list(MODES)}")
         if self.target_accuracy is not None and not 0 < self.target_accuracy <= 1:

@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from koala_async.core.envelope import Knowledge, Update, decode, encode
+from koala_async.core.envelope import Ack, Knowledge, Update, decode, encode
 from koala_async.core.topics import Topics
 from koala_async.io.transport import BrokerAddress
 from koala_async.nodes.server import ServerConfig, ServerNode
@@ -156,3 +156,35 @@ async def test_burst_of_2000_updates_is_accounted_exactly(secure_broker, tmp_pat
         assert snap["accepted"] + sum(snap["rejected"].values()) == sent
         assert Counter(snap["rejected"]) == expected
         assert snap["accepted_by_client"] == {f"c{i:02d}": valid_each for i in range(clients)}
+
+
+async def test_a_client_reads_the_verdicts_on_its_own_updates_and_no_one_elses(secure_broker, tmp_path) -> None:
+    async with ServerNode(_server_config(secure_broker, tmp_path, buffer_size=1)) as server:
+        await server.transport.wait_connected(10)
+        async with _client(secure_broker.url, "client-1", "one", "koala-sec-client-1") as owner, \
+                _client(secure_broker.url, "client-2", "two", "koala-sec-client-2") as snoop:
+            await owner.subscribe(TOPICS.ack("client-1"), qos=1)
+            try:  # Mosquitto 2.0 either refuses the subscription or never delivers on it
+                await snoop.subscribe(TOPICS.ack("client-1"), qos=1)
+            except aiomqtt.MqttError:
+                pass
+            await owner.publish(TOPICS.update("client-1"), encode(_update(server, "client-1", 7)), qos=1)
+            await owner.publish(TOPICS.update("client-1"), encode(_update(server, "client-1", 7)), qos=1)
+            verdicts = []
+            async with asyncio.timeout(15):
+                async for msg in owner.messages:
+                    ack = decode(bytes(msg.payload))
+                    assert isinstance(ack, Ack)
+                    verdicts.append((ack.update_seq, ack.accepted, ack.reason))
+                    if len(verdicts) == 2:
+                        break
+            assert verdicts == [(7, True, "accepted"), (7, False, "duplicate")]
+            leaked = []
+            try:
+                async with asyncio.timeout(1.0):
+                    async for msg in snoop.messages:
+                        leaked.append(msg.topic.value)
+            except TimeoutError:
+                pass
+            assert leaked == []
+        assert server.acks.sent == 2

@@ -1,0 +1,50 @@
+"""The server's verdicts, sent back: one :class:`~koala_async.core.envelope.Ack` per decoded update on
+``koala/<fed>/clients/<id>/ack`` (QoS 1, not retained), so a client learns whether each update was
+accepted and, if not, why.
+
+Admission must never wait on the network, so verdicts go through a bounded queue that a task of the
+server's TaskGroup drains; when the queue is full the new verdict is dropped and counted
+(``AckSender.dropped``). A client that is offline when its ack is sent does not get it (clean session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from koala_async.core.envelope import Ack, encode
+from koala_async.core.topics import Topics
+from koala_async.io.transport import Transport
+from koala_async.nodes.common import SeqCounter
+
+log = logging.getLogger(__name__)
+
+
+class AckSender:
+    def __init__(self, topics: Topics, node_id: str, seq: SeqCounter, maxsize: int = 10_000) -> None:
+        self.topics = topics
+        self.node_id = node_id
+        self._seq = seq
+        self._queue: asyncio.Queue[Ack] = asyncio.Queue(maxsize)
+        self.sent = 0
+        self.dropped = 0
+
+    def offer(self, client: str, update_seq: int, accepted: bool, reason: str, version: int,
+              staleness: int = 0) -> None:
+        """Queue a verdict for ``client``; never blocks (drops and counts when the queue is full)."""
+        ack = Ack(sender=self.node_id, seq=self._seq.next(), client=client, update_seq=update_seq,
+                  accepted=accepted, reason=reason, version=version, staleness=staleness, sent_at=time.time())
+        try:
+            self._queue.put_nowait(ack)
+        except asyncio.QueueFull:
+            if self.dropped == 0:
+                log.warning("ack queue full: dropping verdicts (counted as acks_dropped)")
+            self.dropped += 1
+
+    async def run(self, transport: Transport) -> None:
+        """Publish queued verdicts for as long as the server runs (a task of its TaskGroup)."""
+        while True:
+            ack = await self._queue.get()
+            await transport.publish(self.topics.ack(ack.client), encode(ack), qos=1)
+            self.sent += 1
