@@ -24,7 +24,8 @@ from koala_async.tools.scenario import Scenario
 
 log = logging.getLogger(__name__)
 
-QUICK_INGEST = IngestSettings(publishers=2, clients_per_publisher=10, updates_per_client=40, rounds=1)
+QUICK_INGEST = IngestSettings(publishers=2, clients_per_publisher=10, updates_per_client=40, rounds=1,
+                              phase_timeout=45.0)
 QUICK_SCALE = ScaleSettings(steps=(10, 20), hold=8.0, interval=2.0)
 
 

@@ -115,16 +115,20 @@ async def _measure(count: Callable[[], int], expected: int, timeout: float) -> t
     this process's CPU time per message over the same span (microseconds)."""
     first = last = None
     cpu_first = cpu_last = 0.0
-    async with asyncio.timeout(timeout):
-        while True:
-            n = count()
-            now = time.perf_counter()
-            if first is None and n > 0:
-                first, cpu_first = now, time.process_time()
-            if n >= expected:
-                last, cpu_last = now, time.process_time()
-                break
-            await asyncio.sleep(0.002)
+    n = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                n = count()
+                now = time.perf_counter()
+                if first is None and n > 0:
+                    first, cpu_first = now, time.process_time()
+                if n >= expected:
+                    last, cpu_last = now, time.process_time()
+                    break
+                await asyncio.sleep(0.002)
+    except TimeoutError:
+        raise KoalaError(f"the subscriber took in {n} of {expected} messages within {timeout:.0f}s") from None
     assert first is not None and last is not None
     return (expected - 1) / max(last - first, 1e-9), (cpu_last - cpu_first) / (expected - 1) * 1e6
 
