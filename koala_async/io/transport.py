@@ -121,6 +121,7 @@ class Transport:
         self.stats = TransportStats()
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
+        self._wanted: dict[str, bool] = {}  # topic -> matches a subscription (bounded cache)
         self._client: aiomqtt.Client | None = None
         self._rng = random.Random(seed)
         self._tasks: asyncio.TaskGroup | None = None
@@ -181,10 +182,20 @@ class Transport:
                     log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
                 await asyncio.sleep(delay)
 
+    def _subscribed(self, topic: aiomqtt.Topic) -> bool:
+        """Whether ``topic`` matches one of our filters; cached per topic, as matching costs more
+        than the rest of a message's trip through the transport."""
+        wanted = self._wanted.get(topic.value)
+        if wanted is None:
+            wanted = any(topic.matches(pattern) for pattern, _ in self.subscriptions)
+            if len(self._wanted) < 100_000:
+                self._wanted[topic.value] = wanted
+        return wanted
+
     async def _pump(self, client: aiomqtt.Client) -> None:
         """Move incoming messages to the queue until the connection drops (raises ``MqttError``)."""
         async for message in client.messages:
-            if not any(message.topic.matches(topic) for topic, _ in self.subscriptions):
+            if not self._subscribed(message.topic):
                 # amqtt 0.12 replays, to every client that connects, the retained messages of every
                 # filter *any* client subscribed to: drop what we never asked for.
                 self.stats.unsolicited += 1

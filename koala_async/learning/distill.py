@@ -11,6 +11,7 @@ These functions block; nodes call them through ``asyncio.to_thread``.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -143,15 +144,24 @@ class Distiller:
         self.generator = torch.Generator().manual_seed(seed)
         self.steps_done = 0
 
-    def distill(self, proxy_x: np.ndarray, targets: np.ndarray, mask: np.ndarray, steps: int) -> float:
-        """``steps`` minibatch steps of tempered KL on the masked proxy samples; returns mean loss."""
+    def distill(self, proxy_x: np.ndarray, targets: np.ndarray, mask: np.ndarray, steps: int,
+                max_seconds: float | None = None) -> float:
+        """``steps`` minibatch steps of tempered KL on the masked proxy samples; returns mean loss.
+
+        With ``max_seconds``, stops early once that much time has passed (at least one step runs);
+        ``steps_done`` says how many ran.
+        """
         idx_all = torch.from_numpy(np.flatnonzero(mask))
         if len(idx_all) == 0 or steps <= 0:
             return float("nan")
         px, tgt = _tensor(proxy_x), _tensor(targets)
         self.model.train()
         total = 0.0
+        deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+        done = 0
         for _ in range(steps):
+            if deadline is not None and done and time.perf_counter() >= deadline:
+                break
             pick = idx_all[torch.randint(len(idx_all), (min(self.batch_size, len(idx_all)),),
                                          generator=self.generator)]
             inputs = px[pick]
@@ -163,4 +173,5 @@ class Distiller:
             self.optimizer.step()
             total += float(loss.detach())
             self.steps_done += 1
-        return total / steps
+            done += 1
+        return total / done

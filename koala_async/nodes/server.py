@@ -74,6 +74,13 @@ class ServerConfig:
     batch_size: int = 64
     distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
     buffer_size: int = 1
+    # Latency budget: a version's distillation stops after this many seconds (None = run all its
+    # steps); what arrived meanwhile fuses into the next version, so arrival-to-published latency
+    # stays bounded when many clients publish.
+    max_distill_seconds: float | None = None
+    # Benchmarks: admit and count updates but never fuse, distill or publish new versions.
+    ingest_only: bool = False
+    latency_window: float = 30.0  # seconds of fuse latency in the snapshot's "fuse_latency_recent"
     # Distillation-time augmentation of proxy inputs: "shift" moves images by up to a pixel (vector
     # inputs are never augmented); "none" distills on the proxy inputs exactly as they are.
     augment: str = "shift"
@@ -102,6 +109,10 @@ class ServerConfig:
         check_id(self.node_id, "node_id")
         if self.distill_steps < 1 or self.buffer_size < 1:
             raise ValueError("distill_steps and buffer_size must be >= 1")
+        if self.max_distill_seconds is not None and self.max_distill_seconds <= 0:
+            raise ValueError("max_distill_seconds must be > 0 (or unset)")
+        if self.latency_window <= 0:
+            raise ValueError("latency_window must be > 0")
         from koala_async.learning.distill import AUGMENTATIONS
 
         if self.augment not in AUGMENTATIONS:
@@ -120,6 +131,7 @@ class ServerMetrics:
     update_bytes: int = 0
     knowledge_bytes: int = 0
     distill_seconds: float = 0.0
+    distill_steps_skipped: int = 0  # steps a version's latency budget cut short
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     accepted_by_client: dict[str, int] = field(default_factory=dict)
     staleness_hist: dict[str, int] = field(default_factory=dict)  # "0".."31", "32+": bounded
@@ -151,6 +163,7 @@ class ServerNode:
         self._in_flight = 0  # taken from _pending, not yet published: still "pending" to observers
         # Seconds from an update's arrival to the publication of the first version that fused it.
         self.fuse_latency: deque[float] = deque(maxlen=20_000)
+        self._fused_at: deque[tuple[float, float]] = deque(maxlen=20_000)  # (published, latency)
         self.keys: dict[str, bytes] | None = None
         self.journal: Journal | None = None
         self._model_lock = threading.Lock()  # the distill thread and checkpoint writes take turns
@@ -362,6 +375,13 @@ class ServerNode:
                 if self._dirty:  # idle, but counters moved: persist them
                     await asyncio.to_thread(self._write_checkpoint, self._capture(self.version))
                 continue
+            if cfg.ingest_only:  # benchmarks: measure the ingest path alone
+                # Drain in batches, as a learner busy distilling would: a wake-up per arrival would
+                # load the ingest path with work the real server does not do.
+                await asyncio.sleep(0.5)
+                self._pending.clear()
+                self._arrived.clear()
+                continue
             if len(self._pending) < cfg.buffer_size:
                 # A partial buffer is flushed after a short wait so a quiet federation still learns.
                 try:
@@ -409,6 +429,7 @@ class ServerNode:
         self._events.emit(KnowledgeChanged(self.config.node_id, self.version, self.version - 1))
         published = time.monotonic()
         self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
+        self._fused_at.extend((published, published - arrived) for _, _, arrived in batch)
         await self._publish_status()
         log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", self.version,
                  self.test_accuracy, self.metrics.accepted, self.rejects.total)
@@ -417,7 +438,10 @@ class ServerNode:
         from koala_async.learning.distill import predict_logits
 
         with self._model_lock:
-            self.distiller.distill(self.proxy_x, targets, mask, steps)
+            before = self.distiller.steps_done
+            self.distiller.distill(self.proxy_x, targets, mask, steps, self.config.max_distill_seconds)
+            if mask.any():
+                self.metrics.distill_steps_skipped += steps - (self.distiller.steps_done - before)
             self.knowledge_logits = predict_logits(self.distiller.model, self.proxy_x).astype(np.float16)
             self.test_accuracy = self._evaluate()
 
@@ -458,11 +482,18 @@ class ServerNode:
             "knowledge_bytes": m.knowledge_bytes,
             "distill_seconds": round(m.distill_seconds, 3),
             "fuse_latency": latency_summary(self.fuse_latency),
+            "fuse_latency_recent": self._recent_latency(),
+            "distill_steps_skipped": m.distill_steps_skipped,
             "uptime": round(time.monotonic() - self._started, 3),
             "tier_trust": self.tier_trust.as_dict(),
             "acks_dropped": self.acks.dropped,
             "clients_online": sorted(k for k, v in self.online.items() if v.get("online")),
         }
+
+    def _recent_latency(self) -> dict[str, float | int]:
+        """Fuse latency of the updates published in the last ``latency_window`` seconds."""
+        since = time.monotonic() - self.config.latency_window
+        return latency_summary(lat for at, lat in self._fused_at if at >= since)
 
     def _status_payload(self, online: bool, state: str) -> bytes:
         return status_payload(self.config.node_id, self._seq.next(), "server", online, state, self.snapshot())

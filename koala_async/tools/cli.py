@@ -110,6 +110,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from koala_async.tools.bench_cli import bench_main
+
+    return bench_main(args)
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from koala_async.io.broker import EmbeddedBroker
 
@@ -213,6 +219,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the scenario's [federation] mode: async KOALA, KOALA in synchronous "
                         "rounds, or FedAvg of the large model")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="compare modes, benchmark server ingest, ramp clients (docs/bench.md)")
+    from koala_async.tools.bench_cli import add_bench_arguments
+
+    add_bench_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("tiers", help="print the measured client tier catalog and its savings vs the large model")
     p.add_argument("--kind", choices=("image", "vector"), help="one input kind (default: both)")

@@ -1,0 +1,103 @@
+"""How ``koala bench`` shows its result: rich tables side by side, and the accuracy-over-time PNG."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+# (label, row key, formatter) for the per-mode table.
+ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
+    ("time to target (s)", "time_to_target_seconds", lambda v: f"{v:.1f}"),
+    ("final accuracy", "final_accuracy", lambda v: f"{v:.3f}"),
+    ("bytes up / client", "bytes_up_per_client", lambda v: f"{v / 1024:,.1f} KiB"),
+    ("bytes down / client", "bytes_down_per_client", lambda v: f"{v / 1024:,.1f} KiB"),
+    ("bytes / update", "bytes_per_update", lambda v: f"{v / 1024:,.2f} KiB"),
+    ("client params", "client_params", lambda v: f"{v:,.0f}"),
+    ("client train FLOPs / sample", "client_train_flops_per_sample", lambda v: f"{v:,.0f}"),
+    ("client peak RSS", "client_rss_peak_bytes", lambda v: f"{v / 2**20:,.1f} MiB"),
+    ("updates accepted", "updates_accepted", lambda v: f"{v:,.0f}"),
+    ("accepted / s (observed)", "accepted_per_second", lambda v: f"{v:.2f}"),
+    ("server ingest capacity (msg/s)", "server_ingest_rate", lambda v: f"{v:,.0f}"),
+    ("wall (s)", "wall_seconds", lambda v: f"{v:.1f}"),
+)
+
+
+def _cell(value: Any, fmt: Callable[[float], str]) -> str:
+    return "[dim]n/a[/]" if value is None else fmt(value)
+
+
+def modes_table(result: dict[str, Any]) -> Table:
+    target = result.get("target_accuracy")
+    table = Table(title=f"koala bench: {result.get('scenario')} (target accuracy "
+                  f"{'n/a' if target is None else f'{target:.3f}'}, {result.get('target_source')})",
+                  box=box.SIMPLE_HEAD)
+    modes = result.get("modes", [])
+    table.add_column("figure")
+    for mode in modes:
+        table.add_column(mode, justify="right")
+    for label, key, fmt in ROWS:
+        cells = []
+        for mode in modes:
+            row = result["per_mode"].get(mode)
+            cells.append("[dim]skipped[/]" if row is None else _cell(row.get(key), fmt))
+        table.add_row(label, *cells)
+    return table
+
+
+def scale_table(result: dict[str, Any]) -> Table:
+    table = Table(title="scale run: arrival-to-fused latency per step", box=box.SIMPLE_HEAD)
+    for col in ("clients", "connected", "published", "accepted", "versions", "p50 s", "p99 s", "max s"):
+        table.add_column(col, justify="right")
+    for step in (result.get("scale") or {}).get("steps", []):
+        lat = step.get("fuse_latency") or {}
+        table.add_row(*(str(step.get(k)) for k in ("clients", "connected", "published", "accepted", "versions")),
+                      *(f"{lat[k]:.3f}" if isinstance(lat.get(k), (int, float)) else "n/a"
+                        for k in ("p50", "p99", "max")))
+    return table
+
+
+def summary_table(result: dict[str, Any]) -> Table:
+    table = Table(title="summary", box=box.SIMPLE_HEAD)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_column("why missing")
+    reasons = result.get("summary_reasons", {})
+    for key, value in result.get("summary", {}).items():
+        shown = "null" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(key, shown, reasons.get(key, ""))
+    ingest = result.get("ingest") or {}
+    if ingest.get("raw_rate"):
+        table.add_row("ingest raw / runtime (msg/s)",
+                      f"{ingest['raw_rate']:,.0f} / {ingest['runtime_rate']:,.0f}", ingest.get("broker", ""))
+    if ingest.get("raw_cpu_us_per_message"):
+        table.add_row("ingest CPU us/message raw / runtime", f"{ingest['raw_cpu_us_per_message']:.0f} / "
+                      f"{ingest['runtime_cpu_us_per_message']:.0f}", "the subscriber process")
+    return table
+
+
+def plot_modes(result: dict[str, Any], path: str) -> None:
+    """Held-out accuracy of the large model against wall time, one line per mode that ran."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for mode, row in result.get("per_mode", {}).items():
+        if row is None:
+            ax.plot([], [], label=f"{mode} (skipped)", linestyle=":")
+            continue
+        points = [p for p in row.get("timeline", []) if isinstance(p[2], (int, float)) and p[2] == p[2]]
+        ax.step([p[0] for p in points], [p[2] for p in points], where="post", label=mode)
+    target = result.get("target_accuracy")
+    if target is not None:
+        ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.3f}")
+    ax.set(xlabel="wall time (s)", ylabel="held-out accuracy", ylim=(0, 1),
+           title=f"accuracy over time by mode: {result.get('scenario')}")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

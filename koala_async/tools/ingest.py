@@ -1,0 +1,221 @@
+"""Server ingest benchmark: how many client updates per second the real ServerNode verifies, decodes,
+admits and queues, against the raw rate of the same broker and client library with nothing between.
+
+Each round runs two phases (their order alternates from round to round) over one real broker process (Mosquitto when installed, else the embedded
+amqtt), each on its own federation (so no persistent session sees the other's messages):
+
+- runtime: a real :class:`~koala_async.nodes.server.ServerNode` with ``ingest_only`` (no fusion or
+  distillation, so the ingest path alone is measured) subscribes; the benchmark polls its accepted
+  count.
+- raw: a plain aiomqtt subscriber on the same topic filter and QoS, counting messages.
+
+In both, publisher processes (:mod:`koala_async.tools.loadgen` ``burst``) connect many simulated
+clients, pre-encode valid Updates (proxy-sized float16 logits, the server's proxy id, distinct
+senders, increasing seqs) and publish them all at once on a go signal. A phase's rate is
+``(N - 1) / (t_last - t_first)`` between the first and the N-th message the subscriber took in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from koala_async.core.topics import Topics
+from koala_async.errors import KoalaError
+from koala_async.io.transport import BrokerAddress
+from koala_async.tools.brokers import broker_process, find_mosquitto, wait_listening
+from koala_async.tools.processes import NodeProcess, ProcessSet
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    publishers: int = 2  # processes
+    clients_per_publisher: int = 25  # simulated clients (MQTT connections) per process
+    updates_per_client: int = 60
+    rounds: int = 3  # each has a runtime and a raw phase, in alternating order; rates are medians
+    broker: str = "auto"  # "auto" (Mosquitto when installed, else embedded), "mosquitto" or "embedded"
+    phase_timeout: float = 180.0
+
+    @property
+    def messages(self) -> int:
+        return self.publishers * self.clients_per_publisher * self.updates_per_client
+
+
+def broker_kind(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    try:
+        find_mosquitto()
+        return "mosquitto"
+    except KoalaError:
+        return "embedded"
+
+
+class _Phase:
+    """Publisher processes for one phase, gated on a go file so every connection is up first."""
+
+    def __init__(self, processes: ProcessSet, workdir: Path, name: str, settings: IngestSettings,
+                 url: str, federation: str, proxy: dict[str, Any]) -> None:
+        self.dir = workdir / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.go = self.dir / "go"
+        self.nodes: list[NodeProcess] = []
+        for i in range(settings.publishers):
+            spec = {"broker": url, "federation": federation, "prefix": f"p{i}",
+                    "clients": settings.clients_per_publisher, "updates": settings.updates_per_client,
+                    "seed": i, "go_file": str(self.go), "ready_file": str(self.dir / f"ready-{i}"),
+                    "result_file": str(self.dir / f"result-{i}.json"), **proxy}
+            spec_path = self.dir / f"publisher-{i}.json"
+            spec_path.write_text(json.dumps(spec))
+            node = NodeProcess(f"{name}-pub{i}", "loadgen", {}, self.dir, argv=[
+                sys.executable, "-m", "koala_async.tools.loadgen", "burst", str(spec_path)])
+            processes.add(node)
+            processes.start(node.name)
+            self.nodes.append(node)
+
+    async def ready(self, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while not all((self.dir / f"ready-{i}").exists() for i in range(len(self.nodes))):
+                for node in self.nodes:
+                    if not node.alive:
+                        raise KoalaError(f"publisher {node.name} exited early:\n{node.tail(10)}")
+                await asyncio.sleep(0.05)
+
+    def start(self) -> None:
+        self.go.write_text("go")
+
+    async def results(self, timeout: float) -> dict[str, Any]:
+        """Wait for the publishers to finish; their combined count and rate."""
+        async with asyncio.timeout(timeout):
+            while any(node.alive for node in self.nodes):
+                await asyncio.sleep(0.05)
+        records = []
+        for i, node in enumerate(self.nodes):
+            path = self.dir / f"result-{i}.json"
+            if not path.exists():
+                raise KoalaError(f"publisher {node.name} wrote no result:\n{node.tail(10)}")
+            records.append(json.loads(path.read_text()))
+        published = sum(r["published"] for r in records)
+        seconds = max(r["seconds"] for r in records)
+        return {"published": published, "publish_rate": published / seconds if seconds > 0 else None,
+                "payload_bytes": sum(r["bytes"] for r in records) / max(published, 1)}
+
+
+async def _measure(count: Callable[[], int], expected: int, timeout: float) -> tuple[float, float]:
+    """Poll ``count()`` until it reaches ``expected``: the rate between the first and the last, and
+    this process's CPU time per message over the same span (microseconds)."""
+    first = last = None
+    cpu_first = cpu_last = 0.0
+    n = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                n = count()
+                now = time.perf_counter()
+                if first is None and n > 0:
+                    first, cpu_first = now, time.process_time()
+                if n >= expected:
+                    last, cpu_last = now, time.process_time()
+                    break
+                await asyncio.sleep(0.002)
+    except TimeoutError:
+        raise KoalaError(f"the subscriber took in {n} of {expected} messages within {timeout:.0f}s") from None
+    assert first is not None and last is not None
+    return (expected - 1) / max(last - first, 1e-9), (cpu_last - cpu_first) / (expected - 1) * 1e6
+
+
+async def _runtime_phase(processes: ProcessSet, workdir: Path, settings: IngestSettings, url: str,
+                         round_no: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    from koala_async.nodes.server import ServerConfig, ServerNode
+
+    federation = f"ingest-rt-{round_no}"
+    config = ServerConfig(broker=url, federation=federation, ingest_only=True, status_interval=5.0)
+    async with ServerNode(config) as server:
+        await server.transport.wait_connected(30)
+        proxy = {"proxy_id": server.proxy_id, "n_proxy": len(server.proxy_x),
+                 "num_classes": server.spec.num_classes}
+        phase = _Phase(processes, workdir, f"runtime-{round_no}", settings, url, federation, proxy)
+        await phase.ready(60)
+        phase.start()
+        rate, cpu = await _measure(lambda: server.metrics.accepted + server.rejects.total,
+                                   settings.messages, settings.phase_timeout)
+        published = await phase.results(settings.phase_timeout)
+        record = {"runtime_rate": rate, "runtime_cpu_us_per_message": cpu,
+                  "runtime_accepted": server.metrics.accepted,
+                  "runtime_rejected": dict(server.rejects.counts),
+                  "runtime_publish_rate": published["publish_rate"], "payload_bytes": published["payload_bytes"]}
+    return record, proxy
+
+
+async def _raw_phase(processes: ProcessSet, workdir: Path, settings: IngestSettings, url: str,
+                     round_no: int, proxy: dict[str, Any]) -> dict[str, Any]:
+    federation = f"ingest-raw-{round_no}"
+    topics = Topics(federation)
+    address = BrokerAddress.parse(url)
+    received = 0
+    async with aiomqtt.Client(address.host, address.port, identifier=f"koala-bench-raw-{round_no}",
+                              clean_session=False, timeout=10) as client:
+        await client.subscribe(topics.all_updates, qos=1)
+
+        async def count() -> None:
+            nonlocal received
+            async for _ in client.messages:
+                received += 1
+                if received >= settings.messages:
+                    return
+
+        async with asyncio.TaskGroup() as tasks:
+            counter = tasks.create_task(count())
+            phase = _Phase(processes, workdir, f"raw-{round_no}", settings, url, federation, proxy)
+            await phase.ready(60)
+            phase.start()
+            try:
+                rate, cpu = await _measure(lambda: received, settings.messages, settings.phase_timeout)
+            finally:
+                counter.cancel()
+        published = await phase.results(settings.phase_timeout)
+    return {"raw_rate": rate, "raw_cpu_us_per_message": cpu, "raw_received": received,
+            "raw_publish_rate": published["publish_rate"]}
+
+
+async def ingest_benchmark(settings: IngestSettings, workdir: Path) -> dict[str, Any]:
+    """Run the benchmark; every process it starts is reaped before it returns."""
+    kind = broker_kind(settings.broker)
+    workdir.mkdir(parents=True, exist_ok=True)
+    processes = ProcessSet()
+    rounds: list[dict[str, Any]] = []
+    try:
+        node, url = broker_process(kind, workdir)
+        processes.add(node)
+        processes.start("broker")
+        await asyncio.to_thread(wait_listening, BrokerAddress.parse(url).port, node)
+        proxy: dict[str, Any] = {}
+        for r in range(settings.rounds):
+            # Alternate which phase goes first, so a machine that gets busier or quieter over the
+            # run does not favour one side (round 0 learns the proxy id from the server).
+            if r % 2 == 0:
+                runtime, proxy = await _runtime_phase(processes, workdir, settings, url, r)
+                raw = await _raw_phase(processes, workdir, settings, url, r, proxy)
+            else:
+                raw = await _raw_phase(processes, workdir, settings, url, r, proxy)
+                runtime, proxy = await _runtime_phase(processes, workdir, settings, url, r)
+            rounds.append({**runtime, **raw})
+    finally:
+        await asyncio.to_thread(processes.close)
+    raw_rate = statistics.median(r["raw_rate"] for r in rounds)
+    runtime_rate = statistics.median(r["runtime_rate"] for r in rounds)
+    cpu = {f"{side}_cpu_us_per_message": statistics.median(r[f"{side}_cpu_us_per_message"] for r in rounds)
+           for side in ("raw", "runtime")}
+    return {"broker": kind, "settings": asdict(settings), "messages": settings.messages, **cpu,
+            "payload_bytes": round(rounds[0]["payload_bytes"]), "rounds": rounds,
+            "raw_rate": raw_rate, "runtime_rate": runtime_rate, "ratio": runtime_rate / raw_rate,
+            "error": None}
