@@ -19,6 +19,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
+from koala_async.core.benchstats import time_to_target
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
@@ -338,11 +339,4 @@ def _ratio(total: float, count: int) -> float | None:
     return round(total / count, 1) if count else None
 
 
-def time_to_target(timeline: list[tuple[float, int, float]], target: float | None) -> float | None:
-    """Seconds until the server first reported accuracy >= ``target`` (None: never, or no target)."""
-    if target is None:
-        return None
-    return next((t for t, _, acc in timeline if acc >= target), None)
-
-
-__all__ = ["KoalaError", "Observer", "build_report", "run_scenario", "time_to_target"]
+__all__ = ["KoalaError", "Observer", "build_report", "run_scenario"]

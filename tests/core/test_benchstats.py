@@ -16,9 +16,10 @@ from koala_async.core.benchstats import (
 )
 
 
-def report(accuracy: float = 0.8, timeline=None, up: int = 4000, sent: int = 4, clients: int = 2, **extra):
+def report(accuracy: float = 0.8, timeline=None, up: int = 4000, sent: int = 4, clients: int = 2,
+           up_at: float = 1.0, **extra):
     return {"completed": True, "wall_seconds": 20.0,
-            "large_model": {"test_accuracy": accuracy,
+            "large_model": {"test_accuracy": accuracy, "first_report_at": up_at,
                             "timeline": timeline if timeline is not None else [[0.0, 0, 0.1], [5.0, 1, accuracy]]},
             "bytes": {"up": up, "down": 10_000}, "updates": {"sent": sent, "accepted": sent},
             "clients": {f"c{i}": {"tier": "image-small", "bytes_up": up // clients} for i in range(clients)},
@@ -88,7 +89,9 @@ def test_summary_with_every_mode() -> None:
                        {"clients": 200, "connected": 200, "accepted": 90, "fuse_latency": {"p99": 1.7}}]}
     summary, reasons = summarize(rows, {}, ingest, scale)
     assert set(summary) == set(SUMMARY_KEYS) and reasons == {}
-    assert summary["time_to_target_ratio_async_over_sync"] == 0.4
+    # counted from the server's first report (1.0 s): (4 - 1) / (10 - 1); from launch: 4 / 10
+    assert math.isclose(summary["time_to_target_ratio_async_over_sync"], 3 / 9)
+    assert summary["time_to_target_ratio_async_over_sync_from_launch"] == 0.4
     assert summary["bytes_ratio_async_over_fedavg"] == 0.01
     assert math.isclose(summary["accuracy_gap_fedavg_minus_async"], 0.03)
     assert summary["ingest_ratio_runtime_over_raw"] == 0.8
