@@ -11,10 +11,11 @@ import asyncio
 import gc
 import logging
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from koala_async.core.tiering import TierPolicy
 from koala_async.errors import DataError
@@ -34,15 +35,6 @@ from koala_async.nodes.server import ServerConfig, ServerNode
 
 pytestmark = pytest.mark.timeout(120)
 FED = "gw"
-
-
-async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 def private_pool(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,6 +13,7 @@ from contextlib import AsyncExitStack
 import aiomqtt
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from koala_async.core.envelope import Update, Weights, encode
 from koala_async.core.tiering import TierPolicy
@@ -28,15 +29,6 @@ from koala_async.nodes.sync import SyncServerNode
 pytestmark = pytest.mark.timeout(150)  # every wait is bounded; this only catches a wedged event loop
 TOPICS = Topics("default")
 CHANCE = 0.1  # ten classes
-
-
-async def wait_for(predicate, timeout: float, what: str) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def publish_raw(url: str, topic: str, payload: bytes) -> None:

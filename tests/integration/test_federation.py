@@ -13,6 +13,7 @@ import aiomqtt
 import msgpack
 import numpy as np
 import pytest
+from waiting import wait_for
 
 from koala_async.core.envelope import Update, encode
 from koala_async.core.topics import Topics
@@ -23,15 +24,6 @@ from koala_async.nodes.server import ServerConfig, ServerNode
 TOPICS = Topics("default")
 
 pytestmark = pytest.mark.timeout(150)  # every wait is bounded; this only catches a wedged event loop
-
-
-async def wait_for(predicate, timeout: float, what: str, poll: float = 0.05) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(poll)
-    except TimeoutError:
-        pytest.fail(f"timed out after {timeout}s waiting for {what}")
 
 
 async def settle(server: ServerNode, accepted: int, timeout: float = 60.0) -> None:
