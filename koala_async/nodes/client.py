@@ -16,13 +16,14 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from koala_async.core.envelope import MODES, Ack, Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.envelope import MODES, Ack, Knowledge, Limits, Message, ProxySet, Update, decode, encode
 from koala_async.core.resources import PROFILES, ResourceSnapshot, get_profile
 from koala_async.core.retention import RETENTIONS, AddResult
 from koala_async.core.signing import sign, unwrap
@@ -36,7 +37,7 @@ from koala_async.core.tiering import (
 )
 from koala_async.core.topics import Topics, check_id
 from koala_async.errors import MessageError
-from koala_async.io.transport import Transport, Will
+from koala_async.io.transport import Incoming, Transport, Will
 from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
 from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
@@ -269,7 +270,8 @@ class ClientNode:
             version = self.knowledge.version if self.knowledge else None
             last_version, last_seen = self._trained_on or (None, -1)
             verdict = readiness(self.resources, cfg.tier_policy, trained_before=self._trained_on is not None,
-                                new_knowledge=version != last_version, new_data=self.samples.seen != last_seen,
+                                new_knowledge=version != last_version,
+                                new_data=self.samples.seen != last_seen,
                                 waited_s=time.monotonic() - since)
             if verdict.ready:
                 break
@@ -354,7 +356,8 @@ class ClientNode:
         await transport.publish(self.topics.client_status(self.config.node_id),
                                 self._status_payload(True, self.state), retain=True)
 
-    async def _receive(self) -> None:
+    async def _decoded(self) -> AsyncIterator[tuple[Incoming, Message]]:
+        """Incoming messages that decode; the others are counted by reason and dropped."""
         async for msg in self.transport.messages():
             self.bytes_down += len(msg.payload)
             try:
@@ -362,6 +365,10 @@ class ClientNode:
             except MessageError as exc:
                 self.rejects.error(exc, msg.topic)
                 continue
+            yield msg, message
+
+    async def _receive(self) -> None:
+        async for msg, message in self._decoded():
             if msg.topic == self.topics.proxy and isinstance(message, ProxySet):
                 problem = self.inputs.adopt_proxy(message)
                 if problem:
@@ -482,7 +489,8 @@ class ClientNode:
             self._state.clear_pending()  # PUBACK received: the broker holds it now
         self.updates_sent += 1
         self.bytes_up += len(payload)
-        self._events.emit(UpdatePublished(cfg.node_id, update.seq, base_version, self.tier, len(y), len(payload)))
+        self._events.emit(UpdatePublished(cfg.node_id, update.seq, base_version, self.tier, len(y),
+                                          len(payload)))
         await self._publish_status()
 
     async def _pace(self, started: float, distilling: bool) -> None:

@@ -4,9 +4,9 @@ The client subscribes to the retained global model (``koala/<federation>/server/
 architecture it names (checked against this client's input kind; the weights against its layout),
 and once per global version trains it from the global weights on its private data for its configured
 local epochs (cross-entropy, the ``train`` settings of a KOALA client with ``fedavg_lr`` as the learning
-rate, a fresh optimizer per round as in FedAvg), then publishes float32 weights built on that version. Everything else (status
-and last will, pacing of simulated and slowed devices, reject counting, report fields) is
-:class:`~koala_async.nodes.client.ClientNode`'s.
+rate, a fresh optimizer per round as in FedAvg), then publishes float32 weights built on that version.
+Everything else (status and last will, pacing of simulated and slowed devices, reject counting, report
+fields, decoding) is :class:`~koala_async.nodes.client.ClientNode`'s.
 """
 
 from __future__ import annotations
@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from koala_async.core.envelope import Weights, decode, encode
+from koala_async.core.envelope import Weights, encode
 from koala_async.core.signing import sign
 from koala_async.core.tiering import TierSpec
 from koala_async.core.weights import check_weights
-from koala_async.errors import MessageError
 from koala_async.nodes.client import ClientConfig, ClientNode
 
 
@@ -72,20 +71,15 @@ class FedAvgClientNode(ClientNode):
         return self._layouts[name]
 
     async def _receive(self) -> None:
-        async for msg in self.transport.messages():
-            self.bytes_down += len(msg.payload)
-            try:
-                message = decode(msg.payload, self.limits)
-            except MessageError as exc:
-                self.rejects.error(exc, msg.topic)
-                continue
+        async for msg, message in self._decoded():
             if msg.topic != self.topics.model or not isinstance(message, Weights):
                 self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
                 continue
             layout = await asyncio.to_thread(self._layout, message.model)
             reason = "wrong_model" if layout is None else check_weights(message.params, layout)
             if reason is not None:
-                self.rejects.reject(reason, f"global model {message.model} v{message.base_version}", msg.topic)
+                self.rejects.reject(reason, f"global model {message.model} v{message.base_version}",
+                                    msg.topic)
                 continue
             self.global_model = message
             self._new_version.set()
@@ -142,4 +136,5 @@ class FedAvgClientNode(ClientNode):
                                                         kd_weight=0.0),
                                seed=cfg.seed + cfg.shard + 7919 * base.base_version)
         self.last_loss = trainer.train(self.data.x, self.data.y)
-        return {k: v.detach().numpy().astype(np.float32, copy=True) for k, v in self._model.state_dict().items()}
+        state = self._model.state_dict()
+        return {k: v.detach().numpy().astype(np.float32, copy=True) for k, v in state.items()}
