@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -100,6 +101,54 @@ class TransportStats:
     by_topic_out: dict[str, int] = field(default_factory=dict)
 
 
+# How long one publish/subscribe waits for the broker's acknowledgement before it counts as failed.
+_ACK_TIMEOUT = 10.0
+
+
+async def _bounded(call: Awaitable[object], seconds: float, what: str) -> None:
+    """Await an aiomqtt call made with ``timeout=math.inf``, bounded here by ``asyncio.timeout``.
+
+    Workaround for a lost cancellation: aiomqtt 2.5 waits for a PUBACK/SUBACK with
+    ``asyncio.wait_for(event.wait(), timeout)``, and on Python 3.11 ``wait_for`` *swallows* a
+    ``cancel()`` that arrives in the same event-loop iteration as the acknowledgement (it returns the
+    result instead of raising ``CancelledError``). The cancelled task then carries on: the server's
+    ack sender went back to ``queue.get()`` for good, its TaskGroup waited for it forever and
+    ``ServerNode`` shutdown hung (seen in the ingest benchmark, which stops the server while acks are
+    still being published). With ``timeout=math.inf`` aiomqtt awaits the event directly, which
+    propagates cancellation; ``asyncio.timeout`` (unlike 3.11's ``wait_for``) does not lose it.
+    """
+    try:
+        async with asyncio.timeout(seconds):
+            await call
+    except TimeoutError:
+        raise aiomqtt.MqttError(f"{what}: operation timed out") from None
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]], *, grace: float = 10.0, what: str = "tasks") -> None:
+    """Cancel ``tasks`` and wait until they are done, cancelling again any that carry on.
+
+    A task can swallow a ``cancel()`` (Python 3.11's ``asyncio.wait_for``, see :func:`_bounded`, is
+    one way), and a TaskGroup then waits for it forever. Re-cancelling every half second makes such a
+    task stop at its next await. Gives up after ``grace`` seconds (logged) rather than wait forever.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    pending = {t for t in tasks if not t.done()}
+    rounds = 0
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+        rounds += 1
+        if pending and rounds == 1:
+            log.warning("%s still running after cancel(): %s; cancelling again", what,
+                        ", ".join(sorted(t.get_name() for t in pending)))
+        if pending and loop.time() > deadline:
+            log.error("%s did not stop within %.0fs: %s", what, grace,
+                      ", ".join(sorted(t.get_name() for t in pending)))
+            return
+
+
 class Transport:
     """A resilient MQTT connection. Use ``async with Transport(...) as t:``."""
 
@@ -126,6 +175,7 @@ class Transport:
         self._rng = random.Random(seed)
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
+        self._hook: asyncio.Task[None] | None = None  # the latest on_connect
 
     async def __aenter__(self) -> Transport:
         self._tasks = asyncio.TaskGroup()
@@ -134,8 +184,8 @@ class Transport:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._runner is not None:
-            self._runner.cancel()
+        tasks = [t for t in (self._runner, self._hook) if t is not None]
+        await stop_tasks(tasks, what=f"transport {self.client_id}")
         assert self._tasks is not None
         await self._tasks.__aexit__(None, None, None)
 
@@ -146,7 +196,8 @@ class Transport:
                 async with self._make_client() as client:
                     self._client = client
                     for topic, qos in self.subscriptions:
-                        await client.subscribe(topic, qos=qos)
+                        await _bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
+                                       f"subscribe to {topic}")
                     self.stats.connects += 1
                     attempt = 0
                     log.info("%s connected to %s", self.client_id, self.address)
@@ -158,7 +209,8 @@ class Transport:
                     hook = None
                     if self.on_connect is not None:
                         assert self._tasks is not None
-                        hook = self._tasks.create_task(self.on_connect(self), name=f"on-connect-{self.client_id}")
+                        hook = self._hook = self._tasks.create_task(self.on_connect(self),
+                                                                     name=f"on-connect-{self.client_id}")
                     try:
                         await self._pump(client)
                     finally:
@@ -234,7 +286,8 @@ class Transport:
                         await asyncio.sleep(0.05)
                         continue
                     try:
-                        await client.publish(topic, payload, qos=qos, retain=retain)
+                        await _bounded(client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf),
+                                       _ACK_TIMEOUT, f"publish to {topic}")
                     except aiomqtt.MqttError as exc:
                         self.stats.publish_retries += 1
                         self.stats.last_error = str(exc)

@@ -34,7 +34,7 @@ from koala_async.core.topics import Topics, check_id
 from koala_async.core.trust import TierTrust, TrustConfig
 from koala_async.errors import ConfigError, MessageError
 from koala_async.io.durable import Journal, atomic_write
-from koala_async.io.transport import Transport, Will
+from koala_async.io.transport import Transport, Will, stop_tasks
 from koala_async.nodes.acks import AckSender
 from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 from koala_async.nodes.events import (
@@ -260,7 +260,11 @@ class ServerNode:
             log.debug("final status not sent: %s", err)
         finally:
             assert self._stack is not None
-            await self._stack.aclose()
+            try:
+                # Bounded: a task that swallowed its cancel() would otherwise hold the TaskGroup open forever.
+                await stop_tasks(self._tasks, what="server tasks")
+            finally:
+                await self._stack.aclose()
             if self.journal is not None:
                 # A distillation cancelled mid-way may still be running in its thread: the model lock
                 # makes the final checkpoint wait for it.
