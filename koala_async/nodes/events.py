@@ -145,6 +145,11 @@ class EventHub:
             self._streams.add(stream)
         return stream
 
+    @property
+    def listening(self) -> bool:
+        """Whether any stream is open: hot paths build an event only when someone will read it."""
+        return bool(self._streams)
+
     def emit(self, event: Event) -> None:
         self.emitted += 1
         for stream in list(self._streams):

@@ -80,6 +80,9 @@ class ServerConfig:
     max_distill_seconds: float | None = None
     # Benchmarks: admit and count updates but never fuse, distill or publish new versions.
     ingest_only: bool = False
+    # Publish each update's verdict on the client's ack topic (QoS 1). Off saves one message per update
+    # on a constrained link; clients then learn of acceptance only from the server's status counters.
+    acks: bool = True
     latency_window: float = 30.0  # seconds of fuse latency in the snapshot's "fuse_latency_recent"
     # Distillation-time augmentation of proxy inputs: "shift" moves images by up to a pixel (vector
     # inputs are never augmented); "none" distills on the proxy inputs exactly as they are.
@@ -347,10 +350,12 @@ class ServerNode:
     def _verdict(self, update: Update, client: str, reason: str, staleness: int) -> None:
         """Tell the client (ack topic) and local event consumers what became of ``update``."""
         accepted = reason == "accepted"
-        self.acks.offer(client, update.seq, accepted, reason, self.version, staleness)
-        node = self.config.node_id
-        self._events.emit(UpdateAccepted(node, client, update.seq, self.version, staleness) if accepted
-                          else UpdateRejected(node, client, update.seq, self.version, reason))
+        if self.config.acks:
+            self.acks.offer(client, update.seq, accepted, reason, self.version, staleness)
+        if self._events.listening:  # once per update: build no event nobody reads
+            node = self.config.node_id
+            self._events.emit(UpdateAccepted(node, client, update.seq, self.version, staleness) if accepted
+                              else UpdateRejected(node, client, update.seq, self.version, reason))
 
     def _record_accepted(self, update: Update, envelope: bytes, staleness: int) -> None:
         self.seen.add(update.sender, update.seq)
