@@ -19,7 +19,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from koala_async.core.benchstats import time_to_target
+from koala_async.core.benchstats import ratio, time_to_target
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
@@ -298,7 +298,7 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
     clients = {cid: {k: c.get(k) for k in CLIENT_FIELDS}
                | {"accepted": srv.get("accepted_by_client", {}).get(cid, 0),
                   "local_only_test_accuracy": local.get(cid),
-                  "bytes_per_update": _ratio(c.get("bytes_up", 0), c.get("updates_sent", 0))}
+                  "bytes_per_update": _per_update(c.get("bytes_up", 0), c.get("updates_sent", 0))}
                for cid, c in sorted(observer.clients.items())}
     local_values = [v for v in local.values() if v == v]
     sent = sum(c.get("updates_sent", 0) for c in observer.clients.values())
@@ -323,7 +323,7 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0),
                       "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {})},
         "bytes": {"up": up, "down": sum(c.get("bytes_down", 0) for c in observer.clients.values()),
-                  "per_update_mean": _ratio(up, sent)},
+                  "per_update_mean": _per_update(up, sent)},
         "clients": clients,
         "samples": [{k: v for k, v in s.items() if k != "accepted_by_client"} for s in observer.samples],
         "wall_seconds": round(wall, 2),
@@ -335,8 +335,10 @@ CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "kn
                  "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state")
 
 
-def _ratio(total: float, count: int) -> float | None:
-    return round(total / count, 1) if count else None
+def _per_update(total: float, count: int) -> float | None:
+    """Mean bytes per update, to a tenth of a byte (None when nothing was sent)."""
+    mean = ratio(total, count)
+    return None if mean is None else round(mean, 1)
 
 
 __all__ = ["KoalaError", "Observer", "build_report", "run_scenario"]
