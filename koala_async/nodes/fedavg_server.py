@@ -86,8 +86,7 @@ class FedAvgServerNode(RoundServerNode):
         self._model_payload = await asyncio.to_thread(self._encode_model)
         self.metrics.knowledge_bytes += len(self._model_payload)
         await self.transport.publish(self.topics.model, self._model_payload, retain=True)
-        published = time.monotonic()
-        self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
+        self._record_fused(batch)
         await self._publish_status()
         log.info("round %d: global model averaged from %d clients, test accuracy %.3f", self.version,
                  len(batch), self.test_accuracy)

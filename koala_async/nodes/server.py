@@ -165,8 +165,8 @@ class ServerNode:
         self._pending: list[tuple[Update, bytes, float]] = []
         self._in_flight = 0  # taken from _pending, not yet published: still "pending" to observers
         # Seconds from an update's arrival to the publication of the first version that fused it.
-        self.fuse_latency: deque[float] = deque(maxlen=20_000)
-        self._fused_at: deque[tuple[float, float]] = deque(maxlen=20_000)  # (published, latency)
+        # (published at, seconds from arrival): the whole record and the last ``latency_window`` of it.
+        self.fuse_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
         self.keys: dict[str, bytes] | None = None
         self.journal: Journal | None = None
         self._model_lock = threading.Lock()  # the distill thread and checkpoint writes take turns
@@ -436,9 +436,7 @@ class ServerNode:
         self.metrics.knowledge_bytes += len(payload)
         await self.transport.publish(self.topics.knowledge, payload, retain=True)
         self._events.emit(KnowledgeChanged(self.config.node_id, self.version, self.version - 1))
-        published = time.monotonic()
-        self.fuse_latency.extend(published - arrived for _, _, arrived in batch)
-        self._fused_at.extend((published, published - arrived) for _, _, arrived in batch)
+        self._record_fused(batch)
         await self._publish_status()
         log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", self.version,
                  self.test_accuracy, self.metrics.accepted, self.rejects.total)
@@ -490,7 +488,7 @@ class ServerNode:
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,
             "distill_seconds": round(m.distill_seconds, 3),
-            "fuse_latency": latency_summary(self.fuse_latency),
+            "fuse_latency": latency_summary(lat for _, lat in self.fuse_latency),
             "fuse_latency_recent": self._recent_latency(),
             "distill_steps_skipped": m.distill_steps_skipped,
             "uptime": round(time.monotonic() - self._started, 3),
@@ -502,7 +500,12 @@ class ServerNode:
     def _recent_latency(self) -> dict[str, float | int]:
         """Fuse latency of the updates published in the last ``latency_window`` seconds."""
         since = time.monotonic() - self.config.latency_window
-        return latency_summary(lat for at, lat in self._fused_at if at >= since)
+        return latency_summary(lat for at, lat in self.fuse_latency if at >= since)
+
+    def _record_fused(self, batch: list[tuple[Any, bytes, float]]) -> None:
+        """Each update of ``batch`` has just been published in a version: record its latency."""
+        published = time.monotonic()
+        self.fuse_latency.extend((published, published - arrived) for _, _, arrived in batch)
 
     def _status_payload(self, online: bool, state: str) -> bytes:
         return status_payload(self.config.node_id, self._seq.next(), "server", online, state, self.snapshot())
