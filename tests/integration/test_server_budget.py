@@ -32,6 +32,9 @@ async def test_latency_budget_cuts_a_long_distillation_short(embedded_broker: Em
         await server.transport.wait_connected(timeout=10)
         await publish_raw(embedded_broker.url, TOPICS.update("c1"), raw_update(server, "c1", seq=1))
         await wait_for(lambda: server.version == 1, 60, "version 1 despite 5000 steps asked")
+        # The version number moves before the knowledge is published; the latency is recorded
+        # once the publish returns.
+        await wait_for(lambda: server.snapshot()["fuse_latency"]["count"] >= 1, 10, "latency recorded")
         snap = server.snapshot()
         assert 0 < snap["distill_steps_skipped"] < 5000
         assert snap["fuse_latency"]["count"] == 1
