@@ -205,7 +205,7 @@ def summarize(rows: Mapping[str, Mapping[str, Any] | None], mode_reasons: Mappin
         reasons["ingest_ratio_runtime_over_raw"] = "ingest benchmark did not run"
     else:
         out["ingest_ratio_runtime_over_raw"] = ratio(_number(ingest.get("runtime_rate")),
-                                                     _number(ingest.get("raw_rate")))
+                                                     _number(ingest.get("raw_best_rate")))
         if out["ingest_ratio_runtime_over_raw"] is None:
             reasons["ingest_ratio_runtime_over_raw"] = ingest.get("error") or "no rates measured"
     steps = (scale or {}).get("steps") or []

@@ -24,12 +24,14 @@ class SeqWindow:
         return seq in recent or seq <= high - self._window
 
     def add(self, sender: str, seq: int) -> None:
-        high, recent, order = self._seen.get(sender, (-1, set(), deque()))
+        entry = self._seen.get(sender)
+        high, recent, order = (-1, set(), deque()) if entry is None else entry
         recent.add(seq)
         order.append(seq)
-        while len(order) > self._window:
+        if len(order) > self._window:  # one in, at most one out
             recent.discard(order.popleft())
-        self._seen[sender] = (max(high, seq), recent, order)
+        if entry is None or seq > high:
+            self._seen[sender] = (max(high, seq), recent, order)
 
     def high(self, sender: str) -> int:
         entry = self._seen.get(sender)

@@ -37,6 +37,9 @@ MODES = ("async", "sync", "fedavg")
 # Only these dtypes may cross the wire; anything else is a "bad_dtype".
 ALLOWED_DTYPES = {"<f2": np.float16, "<f4": np.float32, "<u4": np.uint32, "|u1": np.uint8,
                   "<i8": np.int64}
+_WIRE_DTYPES = {name: np.dtype(kind) for name, kind in ALLOWED_DTYPES.items()}
+_FLOAT16 = np.dtype(np.float16)
+_FINITE_F16_HIGH_BYTES = bytes(b for b in range(256) if b & 0x7C != 0x7C)
 
 
 @dataclass(frozen=True)
@@ -166,25 +169,28 @@ def unpack_array(obj: Any, name: str, limits: Limits) -> np.ndarray:
     if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
         raise MessageError("bad_array", f"{name} is not a {{dtype, shape, data}} map")
     dtype_str, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    if dtype_str not in ALLOWED_DTYPES:
+    dtype = _WIRE_DTYPES.get(dtype_str) if isinstance(dtype_str, str) else None
+    if dtype is None:
         raise MessageError("bad_dtype", f"{name} has dtype {dtype_str!r}")
-    if (not isinstance(shape, list) or not 1 <= len(shape) <= 4
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d for d in shape)):
+    # type() is int: bool (a subclass of int) is not a dimension
+    if (type(shape) is not list or not 1 <= len(shape) <= 4
+            or not all(type(d) is int and d >= 0 for d in shape)):
         raise MessageError("bad_array", f"{name} has shape {shape!r}")
     if not isinstance(data, bytes):
         raise MessageError("bad_array", f"{name} data is not bytes")
-    dtype = np.dtype(ALLOWED_DTYPES[dtype_str])
     count = math.prod(shape)
     if count * dtype.itemsize != len(data):
         raise MessageError("shape_mismatch",
                            f"{name}: shape {shape} needs {count * dtype.itemsize} bytes, got {len(data)}")
-    if shape and shape[0] > limits.max_samples:
+    if shape[0] > limits.max_samples:
         raise MessageError("too_many_samples", f"{name} has {shape[0]} rows > {limits.max_samples}")
     array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if array.dtype == np.float16:
-        # All exponent bits set is inf or NaN: on the raw bits, a few times faster than isfinite
-        # (every update carries a float16 array, so this is on the server's ingest path).
-        if array.size and int((array.view(np.uint16) & 0x7C00).max()) == 0x7C00:
+    if dtype == _FLOAT16:
+        # inf or NaN has all five exponent bits set: in little-endian '<f2' they are bits 0x7C of
+        # each odd byte. Deleting every byte without them leaves nothing for a finite array. Every
+        # update carries one (on the server's ingest path), and this costs half of what a NumPy
+        # bit test did measured inside the running server (5 vs 11 us for 450x10).
+        if data[1::2].translate(None, _FINITE_F16_HIGH_BYTES):
             raise MessageError("non_finite", f"{name} holds NaN or inf")
     elif array.dtype.kind == "f" and not np.isfinite(array).all():
         raise MessageError("non_finite", f"{name} holds NaN or inf")
@@ -288,7 +294,7 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
 
     if kind == KIND_UPDATE:
         logits = unpack_array(_get(body, "logits", dict, kind), "logits", limits)
-        if logits.ndim != 2 or logits.dtype != np.float16:
+        if logits.ndim != 2 or logits.dtype != _FLOAT16:
             raise MessageError("bad_array", f"logits must be 2-D float16, got {logits.dtype}{logits.shape}")
         if not 1 <= logits.shape[1] <= limits.max_classes:
             raise MessageError("class_count", f"{logits.shape[1]} classes")

@@ -17,6 +17,7 @@ import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple, cast
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
@@ -79,8 +80,9 @@ class Will:
     retain: bool = True
 
 
-@dataclass(frozen=True)
-class Incoming:
+class Incoming(NamedTuple):
+    """One message as the transport hands it on (a tuple: made once per message on the ingest path)."""
+
     topic: str
     payload: bytes
     retain: bool
@@ -193,7 +195,8 @@ class Transport:
         attempt = 0
         while True:
             try:
-                async with self._make_client() as client:
+                inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+                async with self._make_client(inbox) as client:
                     self._client = client
                     for topic, qos in self.subscriptions:
                         await _bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
@@ -212,7 +215,7 @@ class Transport:
                         hook = self._hook = self._tasks.create_task(self.on_connect(self),
                                                                      name=f"on-connect-{self.client_id}")
                     try:
-                        await self._pump(client)
+                        await self._pump(client, inbox)
                     finally:
                         if hook is not None:
                             hook.cancel()
@@ -244,24 +247,44 @@ class Transport:
                 self._wanted[topic.value] = wanted
         return wanted
 
-    async def _pump(self, client: aiomqtt.Client) -> None:
-        """Move incoming messages to the queue until the connection drops (raises ``MqttError``)."""
+    async def _pump(self, client: aiomqtt.Client, inbox: asyncio.Queue[aiomqtt.Message]) -> None:
+        """Move incoming messages to the queue until the connection drops (raises ``MqttError``).
+
+        aiomqtt's iterator costs a task and an ``asyncio.wait`` per message; it is used to wait for
+        the next message (and to notice a disconnect), and whatever arrived behind that message is
+        taken straight from ``inbox``, aiomqtt's own queue, so a burst costs one wake-up, not one each.
+        """
+        queue = self._queue
         async for message in client.messages:
-            if not self._subscribed(message.topic):
-                # amqtt 0.12 replays, to every client that connects, the retained messages of every
-                # filter *any* client subscribed to: drop what we never asked for.
-                self.stats.unsolicited += 1
-                continue
-            payload = message.payload
-            if not isinstance(payload, (bytes, bytearray)):
-                payload = str(payload).encode()
-            self.stats.messages_in += 1
-            self.stats.bytes_in += len(payload)
-            await self._queue.put(Incoming(message.topic.value, bytes(payload), message.retain))
-            self.stats.queue_high_water = max(self.stats.queue_high_water, self._queue.qsize())
+            incoming = self._incoming(message)
+            while True:
+                if incoming is not None:
+                    if queue.full():
+                        await queue.put(incoming)  # backpressure: the consumer is behind
+                    else:
+                        queue.put_nowait(incoming)
+                if inbox.empty():
+                    break
+                incoming = self._incoming(inbox.get_nowait())
+            self.stats.queue_high_water = max(self.stats.queue_high_water, queue.qsize())
         raise aiomqtt.MqttError("message stream ended")
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _incoming(self, message: aiomqtt.Message) -> Incoming | None:
+        """``message`` as handed on, or None (counted) when it is on a topic we never asked for."""
+        if not self._subscribed(message.topic):
+            # amqtt 0.12 replays, to every client that connects, the retained messages of every
+            # filter *any* client subscribed to: drop what we never asked for.
+            self.stats.unsolicited += 1
+            return None
+        payload = message.payload
+        if not isinstance(payload, (bytes, bytearray)):
+            payload = str(payload).encode()
+        stats = self.stats
+        stats.messages_in += 1
+        stats.bytes_in += len(payload)
+        return Incoming(message.topic.value, bytes(payload), message.retain)
+
+    def _make_client(self, inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
         a = self.address
         will = None
         if self.will is not None:
@@ -269,7 +292,9 @@ class Transport:
         return aiomqtt.Client(
             a.host, a.port, username=a.username, password=a.password, identifier=self.client_id,
             will=will, clean_session=self.clean_session, keepalive=self.keepalive,
-            tls_context=a.tls_context(), timeout=10)
+            tls_context=a.tls_context(), timeout=10,
+            # aiomqtt builds its incoming queue from this (a documented parameter): hand it ours
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox))
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                       timeout: float | None = None) -> None:
@@ -305,6 +330,17 @@ class Transport:
         """Incoming messages in arrival order (across reconnects)."""
         while True:
             yield await self._queue.get()
+
+    async def batches(self, limit: int = 256) -> AsyncIterator[list[Incoming]]:
+        """Incoming messages in arrival order, as lists of whatever is queued (at most ``limit``):
+        one wake-up per burst rather than per message, for a consumer that handles each one without
+        awaiting (the server's ingest)."""
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < limit and not queue.empty():
+                batch.append(queue.get_nowait())
+            yield batch
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:

@@ -34,7 +34,7 @@ from koala_async.core.topics import Topics, check_id
 from koala_async.core.trust import TierTrust, TrustConfig
 from koala_async.errors import ConfigError, MessageError
 from koala_async.io.durable import Journal, atomic_write
-from koala_async.io.transport import Transport, Will, stop_tasks
+from koala_async.io.transport import Incoming, Transport, Will, stop_tasks
 from koala_async.nodes.acks import AckSender
 from koala_async.nodes.common import RejectCounter, SeqCounter, broker_address, limit_threads, status_payload
 from koala_async.nodes.events import (
@@ -175,6 +175,7 @@ class ServerNode:
         self._checkpoint_lock = threading.Lock()
         self._checkpoint_from = 0
         self._dirty = False
+        self._ctx: AdmissionContext | None = None  # admission's view of the server, per version
         self._arrived = asyncio.Event()
         self._started = time.monotonic()
         self._stack: AsyncExitStack | None = None
@@ -300,25 +301,30 @@ class ServerNode:
         await transport.publish(self.topics.server_status, self._status_payload(True, "serving"), retain=True)
 
     async def _ingest(self) -> None:
-        async for msg in self.transport.messages():
-            client_id = self.topics.client_of(msg.topic)
-            is_update = not msg.topic.endswith("/status")
-            try:
-                envelope = verify(msg.payload, client_id, self.keys) if is_update else unwrap(msg.payload)[0]
-                message = decode(envelope, self.limits)
-            except MessageError as exc:
-                self.rejects.error(exc, client_id or msg.topic)
-                continue
-            if not is_update:
-                if isinstance(message, Status) and message.sender == client_id:
-                    self.online[message.sender] = {"online": message.online, "state": message.state,
-                                                   **message.info}
-                    self._presence_changed()
-                elif not msg.retain or isinstance(message, Status):
-                    self.rejects.reject("sender_mismatch" if isinstance(message, Status) else "wrong_kind",
-                                        origin=msg.topic)
-                continue
-            self._handle_update(message, envelope, client_id, msg.topic, len(msg.payload))
+        async for batch in self.transport.batches():
+            for msg in batch:
+                self._take(msg)
+
+    def _take(self, msg: Incoming) -> None:
+        """Verify, decode and dispatch one incoming message (a client's update or status)."""
+        client_id = self.topics.client_of(msg.topic)
+        is_update = not msg.topic.endswith("/status")
+        try:
+            envelope = verify(msg.payload, client_id, self.keys) if is_update else unwrap(msg.payload)[0]
+            message = decode(envelope, self.limits)
+        except MessageError as exc:
+            self.rejects.error(exc, client_id or msg.topic)
+            return
+        if not is_update:
+            if isinstance(message, Status) and message.sender == client_id:
+                self.online[message.sender] = {"online": message.online, "state": message.state,
+                                               **message.info}
+                self._presence_changed()
+            elif not msg.retain or isinstance(message, Status):
+                self.rejects.reject("sender_mismatch" if isinstance(message, Status) else "wrong_kind",
+                                    origin=msg.topic)
+            return
+        self._handle_update(message, envelope, client_id, msg.topic, len(msg.payload))
 
     def _presence_changed(self) -> None:
         """A client's status changed (the round-based modes wake up on it)."""
@@ -370,9 +376,13 @@ class ServerNode:
         self._dirty = True
 
     def _admission_context(self) -> AdmissionContext:
-        return AdmissionContext(version=self.version, proxy_id=self.proxy_id, n_proxy=len(self.proxy_x),
-                                num_classes=self.spec.num_classes, policy=self.config.staleness,
-                                accepted_tiers=self.config.accepted_tiers)
+        ctx = self._ctx
+        if ctx is None or ctx.version != self.version:  # the rest is fixed once the proxy set is
+            ctx = self._ctx = AdmissionContext(
+                version=self.version, proxy_id=self.proxy_id, n_proxy=len(self.proxy_x),
+                num_classes=self.spec.num_classes, policy=self.config.staleness,
+                accepted_tiers=self.config.accepted_tiers)
+        return ctx
 
     async def _learn(self) -> None:
         cfg = self.config

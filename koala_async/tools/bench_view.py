@@ -69,12 +69,13 @@ def summary_table(result: dict[str, Any]) -> Table:
         shown = "null" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
         table.add_row(key, shown, reasons.get(key, ""))
     ingest = result.get("ingest") or {}
-    if ingest.get("raw_rate"):
-        table.add_row("ingest raw / runtime (msg/s)",
-                      f"{ingest['raw_rate']:,.0f} / {ingest['runtime_rate']:,.0f}", ingest.get("broker", ""))
-    if ingest.get("raw_cpu_us_per_message"):
-        table.add_row("ingest CPU us/message raw / runtime", f"{ingest['raw_cpu_us_per_message']:.0f} / "
-                      f"{ingest['runtime_cpu_us_per_message']:.0f}", "the subscriber process")
+    sides = ("raw", "raw_drain", "runtime", "runtime_acks")
+    if all(ingest.get(f"{side}_rate") for side in sides):
+        table.add_row("ingest msg/s raw / raw drain / runtime / with acks",
+                      " / ".join(f"{ingest[f'{side}_rate']:,.0f}" for side in sides), ingest.get("broker", ""))
+        table.add_row("ingest CPU us/message, same order",
+                      " / ".join(f"{ingest[f'{side}_cpu_us_per_message']:.0f}" for side in sides),
+                      "the subscriber process")
     return table
 
 

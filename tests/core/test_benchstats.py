@@ -83,7 +83,8 @@ def test_summary_with_every_mode() -> None:
             "fedavg": mode_row(report(0.83, [[0, 0, 0.1], [20.0, 1, 0.83]], up=200_000, sent=2))}
     for row in rows.values():
         apply_target(row, 0.7)
-    ingest = {"raw_rate": 5000.0, "runtime_rate": 4000.0}
+    # the baseline is the faster of the two raw subscribers
+    ingest = {"raw_rate": 4500.0, "raw_drain_rate": 5000.0, "raw_best_rate": 5000.0, "runtime_rate": 4000.0}
     scale = {"steps": [{"clients": 50, "connected": 50, "accepted": 30, "fuse_latency": {"p99": 0.4}},
                        {"clients": 100, "connected": 100, "accepted": 60, "fuse_latency": {"p99": 0.9}},
                        {"clients": 200, "connected": 200, "accepted": 90, "fuse_latency": {"p99": 1.7}}]}

@@ -43,7 +43,7 @@ def test_koala_bench_quick_end_to_end(tmp_path: Path) -> None:
 
     ingest = result["ingest"]
     assert ingest["error"] is None
-    assert _finite_positive(ingest["raw_rate"]) and _finite_positive(ingest["runtime_rate"])
+    assert all(_finite_positive(ingest[f"{side}_rate"]) for side in ("raw", "raw_drain", "runtime", "runtime_acks"))
     assert all(r["runtime_accepted"] == ingest["messages"] and not r["runtime_rejected"] for r in ingest["rounds"])
 
     scale = result["scale"]
