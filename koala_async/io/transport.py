@@ -99,6 +99,7 @@ class TransportStats:
     publish_retries: int = 0
     queue_high_water: int = 0
     unsolicited: int = 0  # messages on topics we never subscribed to (dropped)
+    handler_errors: int = 0  # messages the handler raised on (logged, dropped)
     last_error: str = ""
     by_topic_out: dict[str, int] = field(default_factory=dict)
 
@@ -159,13 +160,18 @@ class Transport:
                  on_connect: Callable[[Transport], Awaitable[None]] | None = None,
                  clean_session: bool = True, keepalive: int = 30, queue_size: int = 10_000,
                  backoff: Backoff = Backoff(), seed: int | None = None,
-                 on_link: Callable[[bool, str], None] | None = None) -> None:
+                 on_link: Callable[[bool, str], None] | None = None,
+                 handler: Callable[[Incoming], None] | None = None) -> None:
         self.address = address
         self.client_id = client_id
         self.will = will
         self.subscriptions = subscriptions
         self.on_connect = on_connect
         self.on_link = on_link  # called (synchronously) with (True, address) / (False, error)
+        # With a handler, each message is handed to it as it is read, in the transport's task, and
+        # never queued: for a consumer that handles a message without awaiting (the server's ingest).
+        # It must not block; an exception it raises is logged and counted, and the message dropped.
+        self.handler = handler
         self.clean_session = clean_session
         self.keepalive = keepalive
         self.backoff = backoff
@@ -254,20 +260,31 @@ class Transport:
         the next message (and to notice a disconnect), and whatever arrived behind that message is
         taken straight from ``inbox``, aiomqtt's own queue, so a burst costs one wake-up, not one each.
         """
-        queue = self._queue
+        queue, handler = self._queue, self.handler
         async for message in client.messages:
             incoming = self._incoming(message)
             while True:
-                if incoming is not None:
-                    if queue.full():
-                        await queue.put(incoming)  # backpressure: the consumer is behind
-                    else:
-                        queue.put_nowait(incoming)
+                if incoming is None:
+                    pass
+                elif handler is not None:
+                    self._hand(handler, incoming)
+                elif queue.full():
+                    await queue.put(incoming)  # backpressure: the consumer is behind
+                else:
+                    queue.put_nowait(incoming)
                 if inbox.empty():
                     break
                 incoming = self._incoming(inbox.get_nowait())
             self.stats.queue_high_water = max(self.stats.queue_high_water, queue.qsize())
         raise aiomqtt.MqttError("message stream ended")
+
+    def _hand(self, handler: Callable[[Incoming], None], incoming: Incoming) -> None:
+        try:
+            handler(incoming)
+        except Exception:  # a bug in the consumer must not take the connection down with it
+            self.stats.handler_errors += 1
+            log.exception("%s: the message handler failed on %s; message dropped", self.client_id,
+                          incoming.topic)
 
     def _incoming(self, message: aiomqtt.Message) -> Incoming | None:
         """``message`` as handed on, or None (counted) when it is on a topic we never asked for."""
@@ -330,17 +347,6 @@ class Transport:
         """Incoming messages in arrival order (across reconnects)."""
         while True:
             yield await self._queue.get()
-
-    async def batches(self, limit: int = 256) -> AsyncIterator[list[Incoming]]:
-        """Incoming messages in arrival order, as lists of whatever is queued (at most ``limit``):
-        one wake-up per burst rather than per message, for a consumer that handles each one without
-        awaiting (the server's ingest)."""
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            while len(batch) < limit and not queue.empty():
-                batch.append(queue.get_nowait())
-            yield batch
 
     async def wait_connected(self, timeout: float | None = None) -> None:
         try:

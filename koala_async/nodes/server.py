@@ -245,10 +245,11 @@ class ServerNode:
         self.transport = await self._stack.enter_async_context(Transport(
             address, f"koala-{cfg.federation}-{cfg.node_id}", will=will, clean_session=False,
             subscriptions=((self.topics.all_updates, 1), (self.topics.all_client_status, 1)),
-            on_connect=self._on_connect, on_link=link_listener(self._events, str(address))))
+            on_connect=self._on_connect, on_link=link_listener(self._events, str(address)),
+            handler=self._take))
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._started = time.monotonic()
-        for coro, name in ((self._ingest(), "ingest"), (self._learn(), "learn"), (self._heartbeat(), "status"),
+        for coro, name in ((self._learn(), "learn"), (self._heartbeat(), "status"),
                            (self.acks.run(self.transport), "acks")):
             self._tasks.append(tasks.create_task(coro, name=f"server-{name}"))
         return self
@@ -300,13 +301,10 @@ class ServerNode:
         await transport.publish(self.topics.knowledge, self._knowledge_payload(), retain=True)
         await transport.publish(self.topics.server_status, self._status_payload(True, "serving"), retain=True)
 
-    async def _ingest(self) -> None:
-        async for batch in self.transport.batches():
-            for msg in batch:
-                self._take(msg)
-
     def _take(self, msg: Incoming) -> None:
-        """Verify, decode and dispatch one incoming message (a client's update or status)."""
+        """Verify, decode and dispatch one incoming message (a client's update or status). The
+        transport calls it as each message is read: ingest never awaits, so it needs no task or
+        queue of its own, and a busy server slows its reading from the broker (TCP backpressure)."""
         client_id = self.topics.client_of(msg.topic)
         is_update = not msg.topic.endswith("/status")
         try:
