@@ -76,6 +76,31 @@ async def test_only_subscribed_topics_are_delivered(broker_url: str) -> None:
             await no_message(late)
 
 
+async def test_a_handler_gets_every_message_in_order_and_survives_its_own_errors(broker_url: str) -> None:
+    # A burst arrives faster than one wake-up per message: the transport drains what aiomqtt queued
+    # behind the first, and each message still reaches the handler once, in order.
+    addr = BrokerAddress.parse(broker_url)
+    got: list[bytes] = []
+
+    def handler(msg: Incoming) -> None:
+        if msg.payload == b"13":
+            raise RuntimeError("a bug in the consumer")
+        got.append(msg.payload)
+
+    async with Transport(addr, "h-sub", subscriptions=(("h/#", 1),), backoff=FAST, handler=handler) as sub:
+        await sub.wait_connected(10)
+        async with Transport(addr, "h-pub", backoff=FAST) as pub:
+            await pub.wait_connected(10)
+            await asyncio.gather(*(pub.publish("h/burst", str(i).encode()) for i in range(200)))
+            async with asyncio.timeout(10):
+                while len(got) < 199:
+                    await asyncio.sleep(0.01)
+        assert got == [str(i).encode() for i in range(200) if i != 13]
+        assert sub.stats.handler_errors == 1 and sub.stats.messages_in == 200
+        assert sub.stats.connects == 1 and sub.stats.disconnects == 0  # the error did not drop the link
+        await no_message(sub)  # handed over, never queued
+
+
 async def test_wait_connected_and_publish_are_bounded_without_a_broker() -> None:
     port = free_port()
     addr = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
