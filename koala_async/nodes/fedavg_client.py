@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from koala_async.core.envelope import Weights, encode
+from koala_async.core.envelope import Ack, Weights, encode
 from koala_async.core.signing import sign
 from koala_async.core.tiering import TierSpec
 from koala_async.core.weights import check_weights
@@ -42,7 +42,7 @@ class FedAvgClientNode(ClientNode):
         """No small model: the architecture comes with the global weights."""
 
     def _subscriptions(self) -> tuple[tuple[str, int], ...]:
-        return ((self.topics.model, 1),)
+        return ((self.topics.model, 1), (self.topics.ack(self.config.node_id), 1))
 
     def _trained_spec(self) -> TierSpec | None:
         if not getattr(self, "tier", None):
@@ -72,6 +72,9 @@ class FedAvgClientNode(ClientNode):
 
     async def _receive(self) -> None:
         async for msg, message in self._decoded():
+            if msg.topic == self.topics.ack(self.config.node_id) and isinstance(message, Ack):
+                self._on_ack(message, msg.topic)
+                continue
             if msg.topic != self.topics.model or not isinstance(message, Weights):
                 self.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
                 continue
@@ -112,6 +115,7 @@ class FedAvgClientNode(ClientNode):
         if cfg.signing_key:
             payload = sign(payload, cfg.signing_key.encode())
         self.state = "publishing"
+        self._sent_seqs.append(update.seq)  # before publishing: the ack may beat the PUBACK
         await self.transport.publish(self.topics.update(cfg.node_id), payload, qos=1)
         self.updates_sent += 1
         self.bytes_up += len(payload)

@@ -9,7 +9,8 @@ publishes the new global model, retained, on ``koala/<federation>/server/model``
 
 Weights are checked against the architecture's layout (names, shapes), the round, the sender and
 duplicates (:func:`~koala_async.core.weights.admit_weights`); a bad one is counted by reason and
-dropped. This baseline keeps no checkpoints (``state_dir`` is ignored).
+dropped. Each upload gets a verdict on the client's ack topic, as in KOALA. This baseline keeps no
+checkpoints (``state_dir`` is ignored).
 """
 
 from __future__ import annotations
@@ -67,11 +68,14 @@ class FedAvgServerNode(RoundServerNode):
         self.metrics.update_bytes += size
         decision = admit_weights(message, client_id, self.version, self.large_name, self.layout, self.seen)
         reason = decision.reason if not decision.accepted else self._round_verdict(message)
+        client = client_id or message.sender
         if reason != "accepted":
             self.rejects.reject(reason, f"seq={message.seq}", message.sender)
+            self._verdict(message, client, reason, 0)
             return
         # Counted and queued like a KOALA update; the round loop reads only sender, seq and arrival.
         self._record_accepted(message, b"", 0)  # type: ignore[arg-type]
+        self._verdict(message, client, "accepted", 0)
         self._arrived.set()
 
     async def _complete_round(self, batch: list[tuple[Any, bytes, float]]) -> None:

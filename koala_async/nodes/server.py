@@ -26,7 +26,7 @@ import numpy as np
 
 from koala_async.core.admission import AdmissionContext, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import MODES, Knowledge, Limits, ProxySet, Status, Update, decode, encode
+from koala_async.core.envelope import MODES, Knowledge, Limits, ProxySet, Status, Update, Weights, decode, encode
 from koala_async.core.fusion import Contribution, Fusion, FusionConfig
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.staleness import StalenessPolicy
@@ -351,7 +351,7 @@ class ServerNode:
         """``accepted``, or why the round-based modes refuse an otherwise admissible update."""
         return "accepted"
 
-    def _verdict(self, update: Update, client: str, reason: str, staleness: int) -> None:
+    def _verdict(self, update: Update | Weights, client: str, reason: str, staleness: int) -> None:
         """Tell the client (ack topic) and local event consumers what became of ``update``."""
         accepted = reason == "accepted"
         if self.config.acks:

@@ -128,6 +128,8 @@ async def test_fedavg_clients_train_the_large_model_and_the_server_averages(
             assert 2 * 4 * params < snap["bytes_up"] < 2 * 4 * params * 1.01
             assert snap["rss_peak_bytes"] > 0
             assert dict(c.rejects.counts) == {}
+        # every upload got its verdict on the client's ack topic, as in KOALA
+        await wait_for(lambda: all(c.updates_accepted == 2 for c in clients), 10, "two acks per client")
         await wait_for(lambda: all(c.global_model is not None and c.global_model.base_version == 2
                                    for c in clients), 10, "the last global model at the clients")
 
