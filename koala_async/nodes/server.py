@@ -26,7 +26,17 @@ import numpy as np
 
 from koala_async.core.admission import AdmissionContext, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import MODES, Knowledge, Limits, ProxySet, Status, Update, Weights, decode, encode
+from koala_async.core.envelope import (
+    MODES,
+    Knowledge,
+    Limits,
+    ProxySet,
+    Status,
+    Update,
+    Weights,
+    decode,
+    encode,
+)
 from koala_async.core.fusion import Contribution, Fusion, FusionConfig
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.staleness import StalenessPolicy
