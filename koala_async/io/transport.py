@@ -3,8 +3,9 @@
 ``Transport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
 on every (re)connect (so a node can republish retained state a restarted broker lost), tells an
 optional ``on_link(connected, detail)`` callback each time the link comes up or goes down, hands incoming
-messages to a bounded queue (a full queue applies backpressure rather than dropping), and retries
-QoS 1 publishes until the broker acknowledges them. aiomqtt/paho errors become
+messages to a bounded queue (a full queue applies backpressure rather than dropping) or, given a
+``handler``, straight to that function as they are read, and retries QoS 1 publishes until the broker
+acknowledges them. aiomqtt/paho errors become
 :class:`~koala_async.errors.TransportError` here and never leak further.
 """
 
