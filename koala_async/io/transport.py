@@ -105,6 +105,9 @@ class TransportStats:
     by_topic_out: dict[str, int] = field(default_factory=dict)
 
 
+# Messages taken from aiomqtt's queue in one go before the pump yields to the event loop.
+_DRAIN_SLICE = 256
+
 # How long one publish/subscribe waits for the broker's acknowledgement before it counts as failed.
 _ACK_TIMEOUT = 10.0
 
@@ -264,6 +267,7 @@ class Transport:
         queue, handler = self._queue, self.handler
         async for message in client.messages:
             incoming = self._incoming(message)
+            taken = 1
             while True:
                 if incoming is None:
                     pass
@@ -275,7 +279,10 @@ class Transport:
                     queue.put_nowait(incoming)
                 if inbox.empty():
                     break
+                if taken % _DRAIN_SLICE == 0:
+                    await asyncio.sleep(0)  # a long burst: let the node's other tasks run between slices
                 incoming = self._incoming(inbox.get_nowait())
+                taken += 1
             self.stats.queue_high_water = max(self.stats.queue_high_water, queue.qsize())
         raise aiomqtt.MqttError("message stream ended")
 

@@ -77,8 +77,9 @@ async def test_only_subscribed_topics_are_delivered(broker_url: str) -> None:
 
 
 async def test_a_handler_gets_every_message_in_order_and_survives_its_own_errors(broker_url: str) -> None:
-    # A burst arrives faster than one wake-up per message: the transport drains what aiomqtt queued
-    # behind the first, and each message still reaches the handler once, in order.
+    # A burst (longer than one drain slice) arrives faster than one wake-up per message: the transport
+    # drains what aiomqtt queued behind the first, and each message still reaches the handler once,
+    # in order.
     addr = BrokerAddress.parse(broker_url)
     got: list[bytes] = []
 
@@ -91,12 +92,12 @@ async def test_a_handler_gets_every_message_in_order_and_survives_its_own_errors
         await sub.wait_connected(10)
         async with Transport(addr, "h-pub", backoff=FAST) as pub:
             await pub.wait_connected(10)
-            await asyncio.gather(*(pub.publish("h/burst", str(i).encode()) for i in range(200)))
+            await asyncio.gather(*(pub.publish("h/burst", str(i).encode()) for i in range(600)))
             async with asyncio.timeout(10):
-                while len(got) < 199:
+                while len(got) < 599:
                     await asyncio.sleep(0.01)
-        assert got == [str(i).encode() for i in range(200) if i != 13]
-        assert sub.stats.handler_errors == 1 and sub.stats.messages_in == 200
+        assert got == [str(i).encode() for i in range(600) if i != 13]
+        assert sub.stats.handler_errors == 1 and sub.stats.messages_in == 600
         assert sub.stats.connects == 1 and sub.stats.disconnects == 0  # the error did not drop the link
         await no_message(sub)  # handed over, never queued
 
