@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from koala_async.core.admission import Decision
 from koala_async.core.envelope import Weights, encode
 from koala_async.core.weights import admit_weights, weighted_average
 from koala_async.io.transport import Transport
@@ -60,23 +61,15 @@ class FedAvgServerNode(RoundServerNode):
         await transport.publish(self.topics.model, self._model_payload, retain=True)
         await transport.publish(self.topics.server_status, self._status_payload(True, "serving"), retain=True)
 
-    def _handle_update(self, message: Any, envelope: bytes, client_id: str | None, topic: str,
-                       size: int) -> None:
+    def _admit(self, message: Any, client_id: str | None) -> Decision | None:
         if not isinstance(message, Weights):
-            self.rejects.reject("wrong_kind", type(message).__name__, topic)
-            return
-        self.metrics.update_bytes += size
-        decision = admit_weights(message, client_id, self.version, self.large_name, self.layout, self.seen)
-        reason = decision.reason if not decision.accepted else self._round_verdict(message)
-        client = client_id or message.sender
-        if reason != "accepted":
-            self.rejects.reject(reason, f"seq={message.seq}", message.sender)
-            self._verdict(message, client, reason, 0)
-            return
-        # Counted and queued like a KOALA update; the round loop reads only sender, seq and arrival.
-        self._record_accepted(message, b"", 0)  # type: ignore[arg-type]
-        self._verdict(message, client, "accepted", 0)
-        self._arrived.set()
+            return None
+        return admit_weights(message, client_id, self.version, self.large_name, self.layout, self.seen)
+
+    def _keep(self, update: Weights, envelope: bytes, staleness: int) -> None:  # type: ignore[override]
+        # Counted and queued like a KOALA update; the round loop reads only sender, seq, arrival and
+        # the decoded weights, so the envelope (megabytes) is not held.
+        self._record_accepted(update, b"", staleness)  # type: ignore[arg-type]
 
     async def _complete_round(self, batch: list[tuple[Any, bytes, float]]) -> None:
         models = [(w.params, float(w.n_samples)) for w, _, _ in batch]

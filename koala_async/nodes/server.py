@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from koala_async.core.admission import AdmissionContext, admit
+from koala_async.core.admission import AdmissionContext, Decision, admit
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import (
     MODES,
@@ -340,22 +340,34 @@ class ServerNode:
     def _handle_update(self, message: Any, envelope: bytes, client_id: str | None, topic: str,
                        size: int) -> None:
         """Admit (or count and drop) a decoded message that arrived on an update topic."""
-        if not isinstance(message, Update):
+        decision = self._admit(message, client_id)
+        if decision is None:
             self.rejects.reject("wrong_kind", type(message).__name__, topic)
             return
         self.metrics.update_bytes += size
-        decision = admit(message, client_id, self._admission_context(), self.seen)
         reason = decision.reason if not decision.accepted else self._round_verdict(message)
+        client = client_id or message.sender
         if reason != "accepted":
             self.rejects.reject(reason, f"seq={message.seq}", message.sender)
-            self._verdict(message, client_id or message.sender, reason, decision.staleness)
+            self._verdict(message, client, reason, decision.staleness)
             return
+        self._keep(message, envelope, decision.staleness)
+        self._verdict(message, client, "accepted", decision.staleness)
+        self._arrived.set()
+
+    def _admit(self, message: Any, client_id: str | None) -> Decision | None:
+        """This mode's admission decision on a message from an update topic; None if it is not the
+        kind of message this mode takes."""
+        if not isinstance(message, Update):
+            return None
+        return admit(message, client_id, self._admission_context(), self.seen)
+
+    def _keep(self, update: Update, envelope: bytes, staleness: int) -> None:
+        """Hold an accepted update for the learner."""
         if self.journal is not None:
             # Durable first, counted second: the published accepted count never runs ahead of disk.
             self.journal.append(envelope)
-        self._record_accepted(message, envelope, decision.staleness)
-        self._verdict(message, client_id or message.sender, "accepted", decision.staleness)
-        self._arrived.set()
+        self._record_accepted(update, envelope, staleness)
 
     def _round_verdict(self, update: Update) -> str:
         """``accepted``, or why the round-based modes refuse an otherwise admissible update."""
