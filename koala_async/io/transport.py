@@ -1,6 +1,6 @@
 """MQTT transport: one aiomqtt connection kept alive with jittered backoff, as an async context manager.
 
-``Transport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
+``MqttTransport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
 on every (re)connect (so a node can republish retained state a restarted broker lost), tells an
 optional ``on_link(connected, detail)`` callback each time the link comes up or goes down, hands incoming
 messages to a bounded queue (a full queue applies backpressure rather than dropping) or, given a
@@ -17,14 +17,15 @@ import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from dataclasses import dataclass
+from typing import cast
 from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 
 from koala_async.core.backoff import Backoff
 from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
+from koala_async.io.base import Incoming, LinkOptions, TransportFactory, TransportStats, Will
 
 log = logging.getLogger(__name__)
 
@@ -71,38 +72,6 @@ class BrokerAddress:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
-
-
-@dataclass(frozen=True)
-class Will:
-    topic: str
-    payload: bytes
-    qos: int = 1
-    retain: bool = True
-
-
-class Incoming(NamedTuple):
-    """One message as the transport hands it on (a tuple: made once per message on the ingest path)."""
-
-    topic: str
-    payload: bytes
-    retain: bool
-
-
-@dataclass
-class TransportStats:
-    connects: int = 0
-    disconnects: int = 0
-    bytes_in: int = 0
-    bytes_out: int = 0
-    messages_in: int = 0
-    messages_out: int = 0
-    publish_retries: int = 0
-    queue_high_water: int = 0
-    unsolicited: int = 0  # messages on topics we never subscribed to (dropped)
-    handler_errors: int = 0  # messages the handler raised on (logged, dropped)
-    last_error: str = ""
-    by_topic_out: dict[str, int] = field(default_factory=dict)
 
 
 # Messages taken from aiomqtt's queue in one go before the pump yields to the event loop.
@@ -156,12 +125,15 @@ async def stop_tasks(tasks: list[asyncio.Task[None]], *, grace: float = 10.0, wh
             return
 
 
-class Transport:
-    """A resilient MQTT connection. Use ``async with Transport(...) as t:``."""
+class MqttTransport:
+    """A resilient MQTT connection (the :class:`~koala_async.io.base.Transport` contract over aiomqtt).
+
+    ``async with MqttTransport(address, client_id, ...) as t:``; nodes get one from :func:`mqtt_factory`.
+    """
 
     def __init__(self, address: BrokerAddress, client_id: str, *, will: Will | None = None,
                  subscriptions: tuple[tuple[str, int], ...] = (),
-                 on_connect: Callable[[Transport], Awaitable[None]] | None = None,
+                 on_connect: Callable[[MqttTransport], Awaitable[None]] | None = None,
                  clean_session: bool = True, keepalive: int = 30, queue_size: int = 10_000,
                  backoff: Backoff = Backoff(), seed: int | None = None,
                  on_link: Callable[[bool, str], None] | None = None,
@@ -189,7 +161,7 @@ class Transport:
         self._runner: asyncio.Task[None] | None = None
         self._hook: asyncio.Task[None] | None = None  # the latest on_connect
 
-    async def __aenter__(self) -> Transport:
+    async def __aenter__(self) -> MqttTransport:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self._run(), name=f"mqtt-{self.client_id}")
@@ -362,3 +334,18 @@ class Transport:
                 await self.connected.wait()
         except TimeoutError:
             raise BrokerUnavailable(str(self.address), self.stats.last_error or "timed out") from None
+
+
+def mqtt_factory(address: BrokerAddress) -> TransportFactory:
+    """A :data:`~koala_async.io.base.TransportFactory` connecting nodes to the broker at ``address``."""
+    def factory(options: LinkOptions) -> MqttTransport:
+        return MqttTransport(address, options.client_id, will=options.will, subscriptions=options.subscriptions,
+                             on_connect=options.on_connect,  # type: ignore[arg-type]
+                             on_link=options.on_link, handler=options.handler,
+                             clean_session=options.clean_session, keepalive=options.keepalive,
+                             seed=options.seed)
+
+    return factory
+
+
+__all__ = ["BrokerAddress", "Incoming", "MqttTransport", "TransportStats", "Will", "mqtt_factory", "stop_tasks"]

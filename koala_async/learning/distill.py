@@ -145,11 +145,12 @@ class Distiller:
         self.steps_done = 0
 
     def distill(self, proxy_x: np.ndarray, targets: np.ndarray, mask: np.ndarray, steps: int,
-                max_seconds: float | None = None) -> float:
+                max_seconds: float | None = None, stop: threading.Event | None = None) -> float:
         """``steps`` minibatch steps of tempered KL on the masked proxy samples; returns mean loss.
 
         With ``max_seconds``, stops early once that much time has passed (at least one step runs);
-        ``steps_done`` says how many ran.
+        setting ``stop`` (from another thread) ends it after the current step. ``steps_done`` says how
+        many ran.
         """
         idx_all = torch.from_numpy(np.flatnonzero(mask))
         if len(idx_all) == 0 or steps <= 0:
@@ -161,6 +162,8 @@ class Distiller:
         done = 0
         for _ in range(steps):
             if deadline is not None and done and time.perf_counter() >= deadline:
+                break
+            if stop is not None and stop.is_set():
                 break
             pick = idx_all[torch.randint(len(idx_all), (min(self.batch_size, len(idx_all)),),
                                          generator=self.generator)]
@@ -174,4 +177,4 @@ class Distiller:
             total += float(loss.detach())
             self.steps_done += 1
             done += 1
-        return total / done
+        return total / done if done else float("nan")

@@ -15,7 +15,7 @@ import time
 
 from koala_async.core.envelope import Ack, encode
 from koala_async.core.topics import Topics
-from koala_async.io.transport import Transport
+from koala_async.io.base import Transport
 from koala_async.nodes.common import SeqCounter
 
 log = logging.getLogger(__name__)

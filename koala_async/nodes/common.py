@@ -1,37 +1,14 @@
-"""Pieces both node kinds share: reject accounting, status messages, thread setup."""
+"""Pieces both node kinds share: sequence numbers, status messages, thread setup, the broker address."""
 
 from __future__ import annotations
 
-import logging
+import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from koala_async.core.envelope import Status, encode
-from koala_async.errors import MessageError
 from koala_async.io.transport import BrokerAddress
-
-
-@dataclass
-class RejectCounter:
-    """Counts dropped messages by reason and logs the first of each reason once."""
-
-    logger: logging.Logger
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def reject(self, reason: str, detail: str = "", origin: str = "") -> None:
-        if self.counts[reason] == 0:
-            self.logger.warning("dropped a message from %s: %s %s (further drops for this reason are "
-                                "only counted)", origin or "?", reason, detail)
-        self.counts[reason] += 1
-
-    def error(self, exc: MessageError, origin: str = "") -> None:
-        self.reject(exc.reason, exc.detail, origin)
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
 
 class SeqCounter:
@@ -43,10 +20,12 @@ class SeqCounter:
 
     def __init__(self, start: int | None = None) -> None:
         self.value = int(time.time() * 1000) if start is None else start
+        self._lock = threading.Lock()  # the event loop and a worker thread may both number messages
 
     def next(self) -> int:
-        self.value += 1
-        return self.value
+        with self._lock:
+            self.value += 1
+            return self.value
 
 
 def status_payload(sender: str, seq: int, role: str, online: bool, state: str,

@@ -1,30 +1,35 @@
-"""Which node class runs a federation mode: ``async`` (KOALA, no rounds), ``sync`` (KOALA in rounds)
-or ``fedavg`` (clients train the large model; the server averages weights)."""
+"""The one place a federation mode becomes parts: the server's pacing and learner, the client's
+local training task. Modes are data (:class:`~koala_async.core.modes.Mode`) and composition; no node
+class is specialised per mode."""
 
 from __future__ import annotations
 
-from koala_async.nodes.client import ClientConfig, ClientNode
-from koala_async.nodes.server import ServerConfig, ServerNode
+from typing import TYPE_CHECKING, Any
+
+from koala_async.core.topics import Topics
+
+if TYPE_CHECKING:
+    from koala_async.learning.learner import Learner
+    from koala_async.nodes.config import ClientConfig, ServerConfig
+    from koala_async.nodes.local_training import LocalTask
+    from koala_async.nodes.pacing import Pacing
 
 
-def server_node(config: ServerConfig) -> ServerNode:
-    """The server node for ``config.mode``."""
-    if config.mode == "sync":
-        from koala_async.nodes.sync import SyncServerNode
+def server_parts(config: ServerConfig, topics: Topics, next_seq: Any) -> tuple[Pacing, Learner]:
+    """The pacing policy and learner of ``config.mode``."""
+    from koala_async.learning.averaging_learner import AveragingLearner
+    from koala_async.learning.distill_learner import DistillLearner
+    from koala_async.nodes.pacing import Continuous, Discard, Rounds
 
-        return SyncServerNode(config)
-    if config.mode == "fedavg":
-        from koala_async.nodes.fedavg_server import FedAvgServerNode
-
-        return FedAvgServerNode(config)
-    return ServerNode(config)
+    mode = config.mode
+    learner: Learner = (AveragingLearner if mode.exchanges_weights else DistillLearner)(config, topics, next_seq)
+    pacing: Pacing = Discard(config) if config.ingest_only else Rounds(config) if mode.rounds else Continuous(config)
+    return pacing, learner
 
 
-def client_node(config: ClientConfig) -> ClientNode:
-    """The client node for ``config.mode`` (a ``sync`` client is a ClientNode that trains once per
-    knowledge version)."""
-    if config.mode == "fedavg":
-        from koala_async.nodes.fedavg_client import FedAvgClientNode
+def client_task(config: ClientConfig, topics: Topics) -> LocalTask:
+    """The local training task of ``config.mode``: a small model distilling knowledge (KOALA) or the
+    server's large model trained from the global weights (FedAvg)."""
+    from koala_async.nodes.local_training import AveragingTask, DistillTask
 
-        return FedAvgClientNode(config)
-    return ClientNode(config)
+    return (AveragingTask if config.mode.exchanges_weights else DistillTask)(config, topics)

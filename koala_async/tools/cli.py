@@ -130,8 +130,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     from koala_async.config import load_into
-    from koala_async.nodes.modes import server_node
-    from koala_async.nodes.server import ServerConfig
+    from koala_async.nodes.server import ServerConfig, ServerNode
 
     table, text, source = _load_node_table(args.config, "server")
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "dataset": "dataset",
@@ -142,8 +141,8 @@ def cmd_server(args: argparse.Namespace) -> int:
     config = load_into(ServerConfig, table, source=source, text=text, prefix="server" if source else "")
 
     async def main() -> None:
-        async with server_node(config) as server:
-            log.info("server %s up on %s (large model %s)", config.node_id, config.broker, server.large_name)
+        async with ServerNode(config) as server:
+            log.info("server %s up on %s (large model %s)", config.node_id, config.broker, server.learner.model_name)
             await _until_signalled()
 
     run_async(main())
@@ -152,8 +151,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 def cmd_client(args: argparse.Namespace) -> int:
     from koala_async.config import load_into
-    from koala_async.nodes.client import ClientConfig
-    from koala_async.nodes.modes import client_node
+    from koala_async.nodes.client import ClientConfig, ClientNode
 
     table, text, source = _load_node_table(args.config, "client")
     table.update(_overrides(args, {"broker": "broker", "federation": "federation", "id": "node_id",
@@ -170,7 +168,7 @@ def cmd_client(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> None:
-        async with client_node(config) as client:
+        async with ClientNode(config) as client:
             await _until_signalled(asyncio.ensure_future(client.done()) if args.exit_when_done else
                                    asyncio.get_running_loop().create_future())
 

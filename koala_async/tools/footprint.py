@@ -106,10 +106,10 @@ async def _client_state(url: str, timeout: float, want: str) -> None:
     """Wait until the client's retained status says ``want`` (a prefix of its state)."""
     from koala_async.core.envelope import Status, decode
     from koala_async.core.topics import Topics
-    from koala_async.io.transport import BrokerAddress, Transport
+    from koala_async.io.transport import BrokerAddress, MqttTransport
 
     topic = Topics(FEDERATION).client_status(CLIENT_ID)
-    async with Transport(BrokerAddress.parse(url), f"fp-watch-{os.getpid()}", subscriptions=((topic, 1),)) as t, \
+    async with MqttTransport(BrokerAddress.parse(url), f"fp-watch-{os.getpid()}", subscriptions=((topic, 1),)) as t, \
             asyncio.timeout(timeout):
         async for msg in t.messages():
             status = decode(msg.payload)

@@ -151,8 +151,8 @@ async def _runtime_phase(processes: ProcessSet, workdir: Path, settings: IngestS
     config = ServerConfig(broker=url, federation=federation, ingest_only=True, status_interval=5.0, acks=acks)
     async with ServerNode(config) as server:
         await server.transport.wait_connected(30)
-        proxy = {"proxy_id": server.proxy_id, "n_proxy": len(server.proxy_x),
-                 "num_classes": server.spec.num_classes}
+        proxy = {"proxy_id": server.learner.proxy_id, "n_proxy": len(server.learner.proxy_x),
+                 "num_classes": server.learner.spec.num_classes}
         phase = _Phase(processes, workdir, f"{side}-{round_no}", settings, url, federation, proxy)
         await phase.ready(60)
         phase.start()

@@ -23,7 +23,7 @@ from koala_async.core.benchstats import ratio, time_to_target
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
-from koala_async.io.transport import BrokerAddress, Transport
+from koala_async.io.transport import BrokerAddress, MqttTransport
 from koala_async.tools.assertions import evaluate
 from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
@@ -88,7 +88,7 @@ class Observer:
                 self.client_status_at[cid] = now
 
 
-async def _watch(transport: Transport, observer: Observer) -> None:
+async def _watch(transport: MqttTransport, observer: Observer) -> None:
     async for msg in transport.messages():
         observer.feed(msg.topic, msg.payload)
 
@@ -227,7 +227,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         client_cfgs = [{**c, "broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else c
                        for c in scenario.client_configs(url)]
         view.event(observer.elapsed(), f"{scenario.broker.kind} broker at {url}; work dir {workpath}")
-        transport = await stack.enter_async_context(Transport(
+        transport = await stack.enter_async_context(MqttTransport(
             BrokerAddress.parse(url), f"koala-{fed.name}-runner",
             subscriptions=((topics.server_status, 1), (topics.all_client_status, 1))))
         tasks = await stack.enter_async_context(asyncio.TaskGroup())

@@ -22,7 +22,7 @@ from typing import Any
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
-from koala_async.io.transport import BrokerAddress, Transport
+from koala_async.io.transport import BrokerAddress, MqttTransport
 from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.ingest import broker_kind
 from koala_async.tools.processes import NodeProcess, ProcessSet
@@ -56,7 +56,7 @@ class _ServerWatch:
         self.info: dict[str, Any] = {}
         self.at = 0.0
 
-    async def run(self, transport: Transport) -> None:
+    async def run(self, transport: MqttTransport) -> None:
         async for msg in transport.messages():
             try:
                 status = decode(msg.payload, Limits())
@@ -103,7 +103,7 @@ async def scale_run(settings: ScaleSettings, workdir: Path) -> dict[str, Any]:
         server = processes.add(NodeProcess("server", "server", server_cfg, workdir))
         processes.start("server")
         watch = _ServerWatch(topics)
-        async with Transport(BrokerAddress.parse(url), "koala-bench-scale-watch",
+        async with MqttTransport(BrokerAddress.parse(url), "koala-bench-scale-watch",
                              subscriptions=((topics.server_status, 1),)) as transport, \
                 asyncio.TaskGroup() as tasks:
             watcher = tasks.create_task(watch.run(transport))

@@ -13,7 +13,8 @@ from koala_async.core.envelope import Update, encode
 from koala_async.core.topics import Topics
 from koala_async.io.durable import Journal, atomic_write
 from koala_async.io.transport import BrokerAddress
-from koala_async.nodes.server import CHECKPOINT, ServerConfig, ServerNode
+from koala_async.io.checkpoint import CHECKPOINT, ServerStore
+from koala_async.nodes.server import ServerConfig, ServerNode
 
 
 def test_atomic_write_replaces_whole_file(tmp_path) -> None:
@@ -41,8 +42,8 @@ def test_journal_replays_intact_records_and_ignores_a_torn_tail(tmp_path) -> Non
 
 
 def _update(server: ServerNode, sender: str, seq: int) -> Update:
-    return Update(sender=sender, seq=seq, base_version=0, tier="t", n_samples=10, proxy_id=server.proxy_id,
-                  logits=np.random.default_rng(seq).normal(size=(len(server.proxy_x), server.spec.num_classes))
+    return Update(sender=sender, seq=seq, base_version=0, tier="t", n_samples=10, proxy_id=server.learner.proxy_id,
+                  logits=np.random.default_rng(seq).normal(size=(len(server.learner.proxy_x), server.learner.spec.num_classes))
                   .astype(np.float16))
 
 
@@ -67,7 +68,7 @@ async def test_journal_replay_restores_accepted_pending_and_dedupe(mosquitto_bro
     topics = Topics("jr")
     # First life: no checkpoint ever completes (as if power went before the first one), so only the
     # journal remembers the accepted updates.
-    monkeypatch.setattr(ServerNode, "_write_checkpoint", lambda self, state: None)
+    monkeypatch.setattr(ServerStore, "write", lambda self, captured, learner: None)
     async with ServerNode(config) as first:
         await first.transport.wait_connected(10)
         payloads = [(f"c{i}", encode(_update(first, f"c{i}", 1))) for i in range(6)]
@@ -89,4 +90,4 @@ async def test_journal_replay_restores_accepted_pending_and_dedupe(mosquitto_bro
     async with ServerNode(config) as third:  # a clean shutdown checkpointed everything
         assert (third.version, third.metrics.accepted) == (second.version, 6)
         assert third.rejects.counts["duplicate"] == 6
-        assert set(third.fusion.contributions) == {f"c{i}" for i in range(6)}
+        assert set(third.learner.fusion.contributions) == {f"c{i}" for i in range(6)}

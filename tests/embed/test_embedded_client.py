@@ -141,7 +141,7 @@ async def test_add_samples_grows_a_running_client_within_bounds(embedded_broker:
             client.add_samples(x[:5], y[:5])
         async with client:
             await wait_for(lambda: client.proxy is not None, 20, "the proxy set")
-            assert client.samples.num_classes == server.spec.num_classes  # inferred from the server
+            assert client.samples.num_classes == server.learner.spec.num_classes  # inferred from the server
             client.add_samples(x[:20], y[:20])
             await asyncio.sleep(0.5)
             assert client.updates_sent == 0  # 20 < min_samples: no training yet
@@ -166,9 +166,9 @@ async def test_add_samples_grows_a_running_client_within_bounds(embedded_broker:
             np.testing.assert_array_equal(before[0], after[0])
             assert client.samples.seen == 260
             await wait_for(lambda: client.updates_sent >= 1, 40, "training on the fed samples")
-            assert client._trained_on is not None and client._trained_on[1] == 260
+            assert client.readiness.trained_on is not None and client.readiness.trained_on[1] == 260
             client.add_samples(x[260:300], y[260:300])
-            await wait_for(lambda: client._trained_on is not None and client._trained_on[1] == 300, 40,
+            await wait_for(lambda: client.readiness.trained_on is not None and client.readiness.trained_on[1] == 300, 40,
                            "a training that includes the new samples")
     assert len(client.samples) == 100
 

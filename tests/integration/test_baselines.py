@@ -19,12 +19,13 @@ from koala_async.core.envelope import Update, Weights, encode
 from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import Topics
 from koala_async.io.broker import EmbeddedBroker
-from koala_async.nodes.client import ClientConfig, ClientNode, TrainSettings
-from koala_async.nodes.fedavg_client import FedAvgClientNode
-from koala_async.nodes.fedavg_server import FedAvgServerNode
-from koala_async.nodes.modes import client_node, server_node
+from koala_async.learning.averaging_learner import AveragingLearner
+from koala_async.learning.distill_learner import DistillLearner
+from koala_async.nodes.client import ClientConfig, ClientNode
+from koala_async.nodes.config import TrainSettings
+from koala_async.nodes.local_training import AveragingTask, DistillTask
+from koala_async.nodes.pacing import Continuous, Rounds
 from koala_async.nodes.server import ServerConfig, ServerNode
-from koala_async.nodes.sync import SyncServerNode
 
 pytestmark = pytest.mark.timeout(150)  # every wait is bounded; this only catches a wedged event loop
 TOPICS = Topics("default")
@@ -56,12 +57,12 @@ async def run_rounds(stack: AsyncExitStack, server: ServerNode, clients: list[Cl
                    f"round {rounds} published")
 
 
-def test_the_mode_picks_the_node_class() -> None:
-    assert type(server_node(ServerConfig(mode="sync"))) is SyncServerNode
-    assert type(server_node(ServerConfig(mode="fedavg"))) is FedAvgServerNode
-    assert type(server_node(ServerConfig())) is ServerNode
-    assert type(client_node(ClientConfig(mode="fedavg"))) is FedAvgClientNode
-    assert type(client_node(ClientConfig(mode="sync"))) is ClientNode
+def test_the_mode_picks_pacing_and_learner_not_a_node_class() -> None:
+    parts = {mode: ServerNode(ServerConfig(mode=mode)) for mode in ("async", "sync", "fedavg")}
+    assert [(type(n.pacing), type(n.learner)) for n in parts.values()] == [
+        (Continuous, DistillLearner), (Rounds, DistillLearner), (Rounds, AveragingLearner)]
+    assert type(ClientNode(ClientConfig(mode="fedavg")).task) is AveragingTask
+    assert type(ClientNode(ClientConfig(mode="sync")).task) is DistillTask
     with pytest.raises(ValueError, match="mode"):
         ServerConfig(mode="gossip")
 
@@ -70,7 +71,7 @@ async def test_sync_koala_learns_in_rounds_and_stops_waiting_for_a_client_that_l
         embedded_broker: EmbeddedBroker) -> None:
     url = embedded_broker.url
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(SyncServerNode(
+        server = await stack.enter_async_context(ServerNode(
             ServerConfig(broker=url, mode="sync", round_timeout=60)))
         # c2 takes part in round 0 only, then goes away: round 1 must not wait for it. It comes up
         # first, so it is online (selected) before anyone can deliver.
@@ -86,19 +87,19 @@ async def test_sync_koala_learns_in_rounds_and_stops_waiting_for_a_client_that_l
         await run_rounds(stack, server, stayers, rounds=2)
 
         assert server.metrics.accepted_by_client == {"c0": 2, "c1": 2, "c2": 1}
-        assert server.barrier.timed_out_rounds == 0  # nobody waited for c2's 60 s timeout
+        assert server.pacing.barrier.timed_out_rounds == 0  # nobody waited for c2's 60 s timeout
         assert server.version == 2  # one version per round: exactly two rounds
         assert server.metrics.staleness_max == 0  # every update was built on its own round
         assert server.test_accuracy > CHANCE + 0.4, server.metrics.timeline
-        assert [c._trained_on[0] for c in stayers] == [1, 1]  # trained once per version: 0, then 1
+        assert [c.readiness.trained_on[0] for c in stayers] == [1, 1]  # trained once per version: 0, then 1
         await wait_for(lambda: all(c.knowledge is not None and c.knowledge.version == 2 for c in stayers),
                        10, "the last knowledge at the clients")
         assert all(c.knowledge.mode == "sync" for c in stayers)
 
         # an update built on a finished round is stale, counted and dropped
         await publish_raw(url, TOPICS.update("late"), encode(Update(
-            sender="late", seq=1, base_version=1, tier="image-small", n_samples=10, proxy_id=server.proxy_id,
-            logits=np.zeros((len(server.proxy_x), 10), np.float16))))
+            sender="late", seq=1, base_version=1, tier="image-small", n_samples=10, proxy_id=server.learner.proxy_id,
+            logits=np.zeros((len(server.learner.proxy_x), 10), np.float16))))
         await wait_for(lambda: server.rejects.counts["stale"] == 1, 10, "the stale update counted")
         assert server.version == 2 and server.metrics.accepted == 5
 
@@ -107,9 +108,9 @@ async def test_fedavg_clients_train_the_large_model_and_the_server_averages(
         embedded_broker: EmbeddedBroker) -> None:
     url = embedded_broker.url
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(FedAvgServerNode(ServerConfig(
+        server = await stack.enter_async_context(ServerNode(ServerConfig(
             broker=url, mode="fedavg", large_model="image-large", round_timeout=60)))
-        clients = [await stack.enter_async_context(FedAvgClientNode(client_config(url, "fedavg", i, 2)))
+        clients = [await stack.enter_async_context(ClientNode(client_config(url, "fedavg", i, 2)))
                    for i in range(3)]
         start_accuracy = server.metrics.timeline[0][2]
         await run_rounds(stack, server, clients, rounds=2)
@@ -118,7 +119,7 @@ async def test_fedavg_clients_train_the_large_model_and_the_server_averages(
         assert dict(server.rejects.counts) == {}
         assert start_accuracy < 0.3
         assert server.test_accuracy > CHANCE + 0.5, server.metrics.timeline
-        params = sum(int(np.prod(shape)) for shape in server.layout.values())
+        params = sum(int(np.prod(shape)) for shape in server.learner.layout.values())
         assert params > 500_000  # the large model, not a client tier
         for c in clients:
             snap = c.snapshot()
@@ -130,11 +131,11 @@ async def test_fedavg_clients_train_the_large_model_and_the_server_averages(
             assert dict(c.rejects.counts) == {}
         # every upload got its verdict on the client's ack topic, as in KOALA
         await wait_for(lambda: all(c.updates_accepted == 2 for c in clients), 10, "two acks per client")
-        await wait_for(lambda: all(c.global_model is not None and c.global_model.base_version == 2
+        await wait_for(lambda: all(c.task.global_model is not None and c.task.global_model.base_version == 2
                                    for c in clients), 10, "the last global model at the clients")
 
         # weights with a wrong shape, and logits where weights belong, are counted by reason
-        bad = {name: np.zeros(shape, np.float32) for name, shape in server.layout.items()}
+        bad = {name: np.zeros(shape, np.float32) for name, shape in server.learner.layout.items()}
         first = next(iter(bad))
         bad[first] = np.zeros((1,), np.float32)
         await publish_raw(url, TOPICS.update("rogue"), encode(Weights(

@@ -45,9 +45,9 @@ async def settle(server: ServerNode, accepted: int, timeout: float = 60.0) -> No
 
 def raw_update(server: ServerNode, sender: str, seq: int, **kw) -> bytes:
     rng = np.random.default_rng(seq)
-    logits = rng.normal(size=(len(server.proxy_x), server.spec.num_classes)).astype(np.float16)
+    logits = rng.normal(size=(len(server.learner.proxy_x), server.learner.spec.num_classes)).astype(np.float16)
     fields = {"sender": sender, "seq": seq, "base_version": server.version, "tier": "image-small",
-              "n_samples": 100, "proxy_id": server.proxy_id, "logits": logits}
+              "n_samples": 100, "proxy_id": server.learner.proxy_id, "logits": logits}
     fields.update(kw)
     return encode(Update(**fields))
 
@@ -96,10 +96,10 @@ async def test_federation_improves_the_large_model(broker_url: str) -> None:
                                    for c in clients), 10, "the latest knowledge at every client")
         for c in clients:
             assert c.knowledge.logits is not None, (c.config.node_id, c.knowledge.version, server.version)
-            assert c.knowledge.logits.shape == (len(server.proxy_x), 10)
+            assert c.knowledge.logits.shape == (len(server.learner.proxy_x), 10)
         assert [dict(c.rejects.counts) for c in clients] == [{}, {}, {}], [c.transport.stats for c in clients]
         # the server heard the clients' status messages
-        await wait_for(lambda: set(server.online) == {"c0", "c1", "c2"}, 10, "client status")
+        await wait_for(lambda: set(server.state.presence) == {"c0", "c1", "c2"}, 10, "client status")
 
 
 # -- hostile and broken input -----------------------------------------------------------------------

@@ -16,12 +16,12 @@ import aiomqtt
 import paho.mqtt.client as mqtt
 import pytest
 
-from koala_async.io.transport import BrokerAddress, Transport, stop_tasks
+from koala_async.io.transport import BrokerAddress, MqttTransport, stop_tasks
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def _fake_connected(transport: Transport) -> aiomqtt.Client:
+def _fake_connected(transport: MqttTransport) -> aiomqtt.Client:
     """An aiomqtt client that never touches the network: paho's publish only hands out message ids."""
     client = aiomqtt.Client("127.0.0.1", identifier="fake", timeout=10)
     mids = iter(range(1, 1000))
@@ -32,7 +32,7 @@ def _fake_connected(transport: Transport) -> aiomqtt.Client:
 
 
 async def test_cancel_arriving_with_the_puback_is_not_swallowed() -> None:
-    transport = Transport(BrokerAddress(), "t-cancel")
+    transport = MqttTransport(BrokerAddress(), "t-cancel")
     client = _fake_connected(transport)
     task = asyncio.create_task(transport.publish("koala/f/clients/c/ack", b"x", qos=1))
     for _ in range(10):  # let it reach the wait for the PUBACK
@@ -46,7 +46,7 @@ async def test_cancel_arriving_with_the_puback_is_not_swallowed() -> None:
 
 
 async def test_publish_without_a_puback_times_out_and_retries() -> None:
-    transport = Transport(BrokerAddress(), "t-retry")
+    transport = MqttTransport(BrokerAddress(), "t-retry")
     _fake_connected(transport)
     import koala_async.io.transport as tr
 

@@ -9,19 +9,19 @@ import pytest
 from koala_async.core.backoff import Backoff
 from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
 from koala_async.io.broker import EmbeddedBroker, free_port
-from koala_async.io.transport import BrokerAddress, Incoming, Transport
+from koala_async.io.transport import BrokerAddress, Incoming, MqttTransport
 
 FAST = Backoff(initial=0.1, cap=0.4)
 
 pytestmark = pytest.mark.timeout(60)  # every wait is bounded; this only catches a wedged event loop
 
 
-async def next_message(transport: Transport, timeout: float = 10.0) -> Incoming:
+async def next_message(transport: MqttTransport, timeout: float = 10.0) -> Incoming:
     async with asyncio.timeout(timeout):
         return await anext(transport.messages())
 
 
-async def no_message(transport: Transport, wait: float = 0.5) -> None:
+async def no_message(transport: MqttTransport, wait: float = 0.5) -> None:
     try:
         async with asyncio.timeout(wait):
             msg = await anext(transport.messages())
@@ -44,10 +44,10 @@ def test_broker_address_parse() -> None:
 
 async def test_publish_and_receive_with_retained_state(broker_url: str) -> None:
     addr = BrokerAddress.parse(broker_url)
-    async with Transport(addr, "t-pub", backoff=FAST) as pub:
+    async with MqttTransport(addr, "t-pub", backoff=FAST) as pub:
         await pub.wait_connected(10)
         await pub.publish("t/state", b"retained-1", retain=True)
-        async with Transport(addr, "t-sub", subscriptions=(("t/#", 1),), backoff=FAST) as sub:
+        async with MqttTransport(addr, "t-sub", subscriptions=(("t/#", 1),), backoff=FAST) as sub:
             await sub.wait_connected(10)
             first = await next_message(sub)
             assert (first.topic, first.payload, first.retain) == ("t/state", b"retained-1", True)
@@ -62,14 +62,14 @@ async def test_only_subscribed_topics_are_delivered(broker_url: str) -> None:
     # amqtt replays to a connecting client the retained messages of every other client's filters;
     # the transport must not hand those to its node
     addr = BrokerAddress.parse(broker_url)
-    async with Transport(addr, "watcher", subscriptions=(("f/+/status", 1),), backoff=FAST) as watcher:
+    async with MqttTransport(addr, "watcher", subscriptions=(("f/+/status", 1),), backoff=FAST) as watcher:
         await watcher.wait_connected(10)
-        async with Transport(addr, "writer", backoff=FAST) as writer:
+        async with MqttTransport(addr, "writer", backoff=FAST) as writer:
             await writer.wait_connected(10)
             await writer.publish("f/a/status", b"status", retain=True)
             await writer.publish("f/knowledge", b"knowledge", retain=True)
         assert (await next_message(watcher)).topic == "f/a/status"
-        async with Transport(addr, "late", subscriptions=(("f/knowledge", 1),), backoff=FAST) as late:
+        async with MqttTransport(addr, "late", subscriptions=(("f/knowledge", 1),), backoff=FAST) as late:
             await late.wait_connected(10)
             msg = await next_message(late)
             assert (msg.topic, msg.payload) == ("f/knowledge", b"knowledge")
@@ -88,9 +88,9 @@ async def test_a_handler_gets_every_message_in_order_and_survives_its_own_errors
             raise RuntimeError("a bug in the consumer")
         got.append(msg.payload)
 
-    async with Transport(addr, "h-sub", subscriptions=(("h/#", 1),), backoff=FAST, handler=handler) as sub:
+    async with MqttTransport(addr, "h-sub", subscriptions=(("h/#", 1),), backoff=FAST, handler=handler) as sub:
         await sub.wait_connected(10)
-        async with Transport(addr, "h-pub", backoff=FAST) as pub:
+        async with MqttTransport(addr, "h-pub", backoff=FAST) as pub:
             await pub.wait_connected(10)
             await asyncio.gather(*(pub.publish("h/burst", str(i).encode()) for i in range(600)))
             async with asyncio.timeout(10):
@@ -105,7 +105,7 @@ async def test_a_handler_gets_every_message_in_order_and_survives_its_own_errors
 async def test_wait_connected_and_publish_are_bounded_without_a_broker() -> None:
     port = free_port()
     addr = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
-    async with Transport(addr, "lonely", backoff=FAST) as t:
+    async with MqttTransport(addr, "lonely", backoff=FAST) as t:
         with pytest.raises(BrokerUnavailable) as info:
             await t.wait_connected(timeout=0.5)
         assert info.value.address == f"mqtt://127.0.0.1:{port}"
@@ -121,19 +121,19 @@ async def test_reconnects_after_a_broker_restart_and_resubscribes() -> None:
     addr = BrokerAddress.parse(url)
     connects = []
 
-    async def on_connect(t: Transport) -> None:
+    async def on_connect(t: MqttTransport) -> None:
         connects.append(t.stats.connects)
         await t.publish("state/phoenix", b"%d" % len(connects), retain=True)
 
     async def retained_state() -> bytes:
-        async with Transport(addr, "reader", subscriptions=(("state/#", 1),), backoff=FAST) as reader:
+        async with MqttTransport(addr, "reader", subscriptions=(("state/#", 1),), backoff=FAST) as reader:
             return (await next_message(reader)).payload
 
     # amqtt can take very long to shut down while a client is still connected, so each broker is
     # stopped with a bound, and the second only after the transport has left
     brokers = [await EmbeddedBroker(port=port).__aenter__()]
     try:
-        async with Transport(addr, "phoenix", subscriptions=(("r/#", 1),), on_connect=on_connect,
+        async with MqttTransport(addr, "phoenix", subscriptions=(("r/#", 1),), on_connect=on_connect,
                              backoff=FAST) as t:
             await t.wait_connected(10)
             assert await retained_state() == b"1"
@@ -150,7 +150,7 @@ async def test_reconnects_after_a_broker_restart_and_resubscribes() -> None:
             assert connects == [1, 2]
             assert await retained_state() == b"2"  # on_connect republished the lost retained state
             # the subscription is back: a message published now is delivered
-            async with Transport(addr, "other", backoff=FAST) as other:
+            async with MqttTransport(addr, "other", backoff=FAST) as other:
                 await other.wait_connected(10)
                 await other.publish("r/after", b"after")
             msg = await next_message(t)
@@ -169,7 +169,7 @@ async def test_link_lost_during_on_connect_is_noticed_and_recovered(embedded_bro
     gate = asyncio.Event()
     calls = 0
 
-    async def on_connect(t: Transport) -> None:
+    async def on_connect(t: MqttTransport) -> None:
         nonlocal calls
         calls += 1
         if calls == 1:
@@ -177,7 +177,7 @@ async def test_link_lost_during_on_connect_is_noticed_and_recovered(embedded_bro
         await t.publish("t/hello", f"hello-{calls}".encode(), retain=True)
 
     async with LinkProxy(embedded_broker.port) as proxy:
-        async with Transport(BrokerAddress.parse(proxy.url), "t-hook", on_connect=on_connect,
+        async with MqttTransport(BrokerAddress.parse(proxy.url), "t-hook", on_connect=on_connect,
                              backoff=FAST) as t:
             await t.wait_connected(10)
             proxy.cut()
@@ -189,7 +189,7 @@ async def test_link_lost_during_on_connect_is_noticed_and_recovered(embedded_bro
                     await asyncio.sleep(0.05)
             await t.publish("t/after", b"x", timeout=10)
         addr = BrokerAddress.parse(embedded_broker.url)
-        async with Transport(addr, "t-check", subscriptions=(("t/hello", 1),), backoff=FAST) as check:
+        async with MqttTransport(addr, "t-check", subscriptions=(("t/hello", 1),), backoff=FAST) as check:
             msg = await next_message(check)
             assert msg.payload.startswith(b"hello-")
     assert calls >= 2

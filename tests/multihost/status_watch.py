@@ -15,7 +15,7 @@ import time
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
-from koala_async.io.transport import BrokerAddress, Transport
+from koala_async.io.transport import BrokerAddress, MqttTransport
 
 
 def _emit(record: dict[str, object]) -> None:
@@ -25,7 +25,7 @@ def _emit(record: dict[str, object]) -> None:
 async def watch(url: str, federation: str) -> None:
     topics = Topics(federation)
     subscriptions = ((topics.server_status, 1), (topics.all_client_status, 1))
-    async with Transport(BrokerAddress.parse(url), f"koala-{federation}-watch",
+    async with MqttTransport(BrokerAddress.parse(url), f"koala-{federation}-watch",
                          subscriptions=subscriptions) as transport:
         await transport.wait_connected(timeout=60)
         _emit({"event": "connected", "t": time.time()})

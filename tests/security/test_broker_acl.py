@@ -37,8 +37,8 @@ def _server_config(broker, tmp_path, **kw) -> ServerConfig:
 
 def _update(server: ServerNode, sender: str, seq: int, **kw) -> Update:
     rng = np.random.default_rng(seq)
-    fields = {"sender": sender, "seq": seq, "base_version": 0, "tier": "t", "n_samples": 50, "proxy_id": server.proxy_id,
-                  "logits": rng.normal(size=(len(server.proxy_x), server.spec.num_classes)).astype(np.float16)}
+    fields = {"sender": sender, "seq": seq, "base_version": 0, "tier": "t", "n_samples": 50, "proxy_id": server.learner.proxy_id,
+                  "logits": rng.normal(size=(len(server.learner.proxy_x), server.learner.spec.num_classes)).astype(np.float16)}
     fields.update(kw)
     return Update(**fields)
 
@@ -65,8 +65,8 @@ async def test_client_cannot_publish_knowledge_or_as_another_client(secure_broke
     async with ServerNode(_server_config(secure_broker, tmp_path)) as server:
         await server.transport.wait_connected(10)
         before = await _retained_knowledge(secure_broker.url, "client-1", "one")
-        forged = Knowledge(sender="server", seq=1, version=999, proxy_id=server.proxy_id,
-                           num_classes=server.spec.num_classes, temperature=1.0, logits=None)
+        forged = Knowledge(sender="server", seq=1, version=999, proxy_id=server.learner.proxy_id,
+                           num_classes=server.learner.spec.num_classes, temperature=1.0, logits=None)
         attempts = [(TOPICS.knowledge, encode(forged), True), (TOPICS.proxy, encode(forged), True),
                     (TOPICS.server_status, encode(forged), True),
                     # Impersonation: client-1 writes on client-2's update topic, as client-2.
@@ -100,7 +100,7 @@ def _hostile_payloads(server: ServerNode, sender: str, seq0: int) -> list[tuple[
     wrong_kind["k"] = "gossip"
     nan_logits = _update(server, sender, seq0 + 1).logits.copy()
     nan_logits[0, 0] = np.nan
-    c = server.spec.num_classes
+    c = server.learner.spec.num_classes
     return [
         (b"\x00garbage", "not_msgpack"), (b"\xc1", "not_msgpack"), (good[: len(good) // 2], "not_msgpack"),
         (encode(_update(server, sender, 1)), "duplicate"), (encode(_update(server, sender, 2)), "duplicate"),
@@ -110,7 +110,7 @@ def _hostile_payloads(server: ServerNode, sender: str, seq0: int) -> list[tuple[
         (encode(_update(server, sender, seq0 + 5, logits=np.full((3, c), np.inf, np.float16))), "non_finite"),
         (msgpack.packb(wrong_schema, use_bin_type=True), "unknown_schema"),
         (msgpack.packb(wrong_schema, use_bin_type=True), "unknown_schema"),
-        (encode(_update(server, sender, seq0 + 6, logits=np.zeros((len(server.proxy_x), c + 1), np.float16))),
+        (encode(_update(server, sender, seq0 + 6, logits=np.zeros((len(server.learner.proxy_x), c + 1), np.float16))),
          "class_count"),
         (encode(_update(server, sender, seq0 + 7, logits=np.zeros((5, c), np.float16))), "shape_mismatch"),
         (encode(_update(server, "c99", seq0 + 8)), "sender_mismatch"),

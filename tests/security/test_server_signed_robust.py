@@ -28,12 +28,12 @@ async def test_signed_updates_only_and_median_fusion(mosquitto_broker, tmp_path)
                           fusion=FusionConfig(method="median"), distill_steps=2, buffer_size=3)
     async with ServerNode(config) as server:
         await server.transport.wait_connected(10)
-        assert server.fusion.config.method == "median"
+        assert server.learner.fusion.config.method == "median"
 
         def update(sender: str, seq: int) -> bytes:
-            z = np.random.default_rng(seq).normal(size=(len(server.proxy_x), server.spec.num_classes))
+            z = np.random.default_rng(seq).normal(size=(len(server.learner.proxy_x), server.learner.spec.num_classes))
             return encode(Update(sender=sender, seq=seq, base_version=0, tier="t", n_samples=10,
-                                 proxy_id=server.proxy_id, logits=z.astype(np.float16)))
+                                 proxy_id=server.learner.proxy_id, logits=z.astype(np.float16)))
 
         sends = [(f"c{i}", sign(update(f"c{i}", 1), keys[f"c{i}"].encode())) for i in range(3)]
         sends += [("c0", update("c0", 2)),  # unsigned
@@ -49,4 +49,4 @@ async def test_signed_updates_only_and_median_fusion(mosquitto_broker, tmp_path)
         assert server.metrics.accepted == 3
         assert dict(server.rejects.counts) == {"unsigned": 1, "bad_signature": 1, "unknown_signer": 1}
         assert server.snapshot()["rejected"] == dict(server.rejects.counts)
-        assert set(server.fusion.contributions) == {"c0", "c1", "c2"}
+        assert set(server.learner.fusion.contributions) == {"c0", "c1", "c2"}

@@ -1,0 +1,186 @@
+"""The server's durable state: a journal of accepted updates and an atomic checkpoint, nothing pickled.
+
+A checkpoint is ONE safetensors file: every tensor and array of the state (model, optimizer moments,
+fusion, knowledge logits, the envelopes of accepted but not yet fused updates as uint8) is a named
+tensor, and everything else (counters, dedupe window, optimizer hyper-parameters) is JSON in the
+file's metadata, with each tensor's place marked. Loading it parses JSON and raw tensor bytes only, so
+a state directory cannot run code (``torch.load(weights_only=False)`` could). The file is replaced
+atomically (:func:`~koala_async.io.durable.atomic_write`).
+
+:class:`ServerStore` is what the server node holds: ``append`` journals an accepted update before it
+is counted; ``capture`` (on the event loop, so no arrival slips in half-way) starts a new journal
+segment and snapshots the counters; ``write`` (in a thread) adds the learner's state, replaces the
+checkpoint and drops the journal segments it covers; ``load`` restores the checkpoint and replays the
+journal after it on start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from koala_async.errors import ConfigError
+from koala_async.io.durable import Journal, atomic_write
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = 2
+_META_KEY = "koala"
+
+
+# -- a nested state <-> (tensors, JSON) --------------------------------------------------------
+
+def flatten(state: Any) -> tuple[dict[str, Any], Any]:
+    """Split a nested state into named tensors and a JSON-able skeleton that marks where they go.
+
+    Dicts keep their key types (an optimizer's ``state`` is keyed by int), tuples become lists.
+    """
+    import torch
+
+    tensors: dict[str, Any] = {}
+
+    def walk(obj: Any, path: str) -> Any:
+        if isinstance(obj, torch.Tensor):
+            tensors[path] = obj.detach().cpu().contiguous()
+            return {"__tensor__": path}
+        if isinstance(obj, np.ndarray):
+            tensors[path] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+            return {"__array__": path}
+        if isinstance(obj, bytes | bytearray):
+            tensors[path] = torch.frombuffer(bytearray(obj), dtype=torch.uint8) if obj else torch.zeros(0, dtype=torch.uint8)
+            return {"__bytes__": path}
+        if isinstance(obj, dict):
+            return {"__dict__": [[k, walk(v, f"{path}.{k}")] for k, v in obj.items()]}
+        if isinstance(obj, list | tuple):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(obj)]
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if obj is None or isinstance(obj, bool | int | float | str):
+            return obj
+        raise TypeError(f"cannot checkpoint {type(obj).__name__} at {path or 'the root'}")
+
+    return tensors, walk(state, "s")
+
+
+def unflatten(skeleton: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(skeleton, list):
+        return [unflatten(v, tensors) for v in skeleton]
+    if isinstance(skeleton, dict):
+        if "__tensor__" in skeleton:
+            return tensors[skeleton["__tensor__"]]
+        if "__array__" in skeleton:
+            return tensors[skeleton["__array__"]].numpy()
+        if "__bytes__" in skeleton:
+            return tensors[skeleton["__bytes__"]].numpy().tobytes()
+        return {k: unflatten(v, tensors) for k, v in skeleton["__dict__"]}
+    return skeleton
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    from safetensors.torch import save
+
+    tensors, skeleton = flatten(state)
+    atomic_write(path, save(tensors, metadata={_META_KEY: json.dumps(skeleton)}))
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        skeleton = json.loads(metadata[_META_KEY])
+    except Exception as exc:  # safetensors raises its own error types; all mean "not our checkpoint"
+        raise ConfigError(f"not a readable checkpoint ({type(exc).__name__}: {exc})", source=str(path)) from None
+    state = unflatten(skeleton, tensors)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(f"checkpoint format {state.get('format') if isinstance(state, dict) else '?'!r} "
+                          f"is not {FORMAT}", source=str(path))
+    return state
+
+
+# -- the server's store ------------------------------------------------------------------------
+
+class ServerStore:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.directory = Path(state_dir)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / CHECKPOINT
+        self.journal: Journal | None = None
+        # One checkpoint write at a time, newest capture wins: a write cancelled on shutdown may
+        # still be running in its thread when the final one starts.
+        self._write_lock = threading.Lock()
+        self._written_from = 0
+        self._journal_from = 0
+
+    def load(self, state: Any, learner: Any, identity: dict[str, str]) -> tuple[list[bytes], list[bytes], dict]:
+        """Restore a checkpoint (if any) into ``state`` and ``learner`` (blocking). Returns the envelopes
+        it held as accepted but not yet fused, those the journal recorded after it (accepted, not yet
+        counted: the caller re-admits them), and the checkpoint's metadata (empty without one)."""
+        if self.path.exists():
+            saved = load_state(self.path)
+            for key, value in identity.items():
+                if saved["identity"].get(key) != value:
+                    raise ConfigError(f"checkpoint is for {key} {saved['identity'].get(key)!r}, this server has {value!r}: "
+                                      f"move {self.directory} away to start afresh", source=str(self.path))
+            self._restore_counters(state, saved)
+            learner.restore(saved["learner"])
+            self._journal_from = int(saved["journal_from"])
+            log.info("resumed from %s: version %d, %d accepted, %d pending", self.path, state.version,
+                     state.metrics.accepted, len(saved["pending"]))
+            pending = list(saved["pending"])
+        else:
+            saved, pending = {}, []
+        self.journal = Journal(self.directory)
+        meta = {k: v for k, v in saved.items() if k not in ("learner", "pending")}
+        return pending, list(self.journal.replay(self._journal_from)), meta
+
+    @staticmethod
+    def _restore_counters(state: Any, saved: dict[str, Any]) -> None:
+        from koala_async.core.dedupe import SeqWindow
+        from koala_async.core.server_state import ServerMetrics
+
+        state.version = int(saved["version"])
+        metrics = dict(saved["metrics"])
+        metrics["timeline"] = [tuple(t) for t in metrics["timeline"]]
+        state.metrics = ServerMetrics(**metrics)
+        state.rejects.counts.update(saved["rejected"])
+        state.seen = SeqWindow.from_state(saved["seen"])
+
+    def append(self, envelope: bytes) -> None:
+        """Journal an accepted update (fsync'd) before it is counted."""
+        assert self.journal is not None
+        self.journal.append(envelope)
+
+    def capture(self, state: Any, version: int, extra: dict[str, Any]) -> dict[str, Any]:
+        """The protocol state as of now, for a checkpoint of ``version`` (on the event loop)."""
+        assert self.journal is not None
+        journal_from = self.journal.rotate()
+        state.dirty = False
+        return {"format": FORMAT, "version": version, "journal_from": journal_from,
+                "metrics": asdict(state.metrics), "rejected": dict(state.rejects.counts),
+                "seen": state.seen.to_state(),
+                "pending": [a.envelope for a in state.pending], **extra}
+
+    def write(self, captured: dict[str, Any], learner: Any) -> None:
+        """Add the learner's state, replace the checkpoint, drop covered journal segments (blocking)."""
+        assert self.journal is not None
+        with self._write_lock:
+            if captured["journal_from"] < self._written_from:
+                return  # a later capture is already on disk; this one would roll it back
+            save_state(self.path, {**captured, "learner": learner.state()})
+            self._written_from = captured["journal_from"]
+            self.journal.drop_before(captured["journal_from"])
+        log.debug("checkpoint at version %d (%d accepted)", captured["version"], captured["metrics"]["accepted"])
+
+    def close(self) -> None:
+        if self.journal is not None:
+            self.journal.close()

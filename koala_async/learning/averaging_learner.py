@@ -1,0 +1,93 @@
+"""FedAvg's server learner: the global model is the sample-weighted average of the clients' weights.
+
+Clients train the server's large architecture from the current global weights and upload full
+float32 weights (:class:`~koala_async.core.envelope.Weights`). Each is checked against the
+architecture's layout, the round, the sender and duplicates
+(:func:`~koala_async.core.weights.admit_weights`); a round's weights are averaged by ``n_samples``
+(:func:`~koala_async.core.weights.weighted_average`), evaluated on the held-out test split, and
+published retained on ``koala/<federation>/server/model``. The baseline keeps no checkpoints.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from koala_async.core.admission import Decision
+from koala_async.core.dedupe import SeqWindow
+from koala_async.core.envelope import Message, Weights
+from koala_async.core.topics import Topics
+from koala_async.core.weights import admit_weights, weighted_average
+from koala_async.learning.learner import load_server_data
+
+if TYPE_CHECKING:
+    from koala_async.core.server_state import Arrival
+    from koala_async.nodes.config import ServerConfig
+
+
+class AveragingLearner:
+    def __init__(self, config: ServerConfig, topics: Topics, next_seq: Any) -> None:
+        self.config = config
+        self.topics = topics
+        self.next_seq = next_seq
+        self.model_name = ""
+        self.test_accuracy = float("nan")
+        self.lock = threading.Lock()
+
+    def prepare(self) -> None:
+        from koala_async.learning.models import build_model, default_large
+
+        cfg = self.config
+        self.data = load_server_data(cfg)
+        self.model_name = cfg.large_model or default_large(self.data.spec.kind)
+        # The same architecture and seed as KOALA's large model.
+        self.model = build_model(self.model_name, self.data.spec, seed=cfg.seed)
+        self.layout = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
+        self.test_accuracy = self.evaluate()
+        self._payload_version = -1
+        self._weights: Weights | None = None
+
+    def evaluate(self) -> float:
+        from koala_async.learning.distill import accuracy
+
+        return accuracy(self.model, self.data.test.x, self.data.test.y)
+
+    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow) -> Decision | None:
+        if not isinstance(message, Weights):
+            return None
+        return admit_weights(message, topic_sender, version, self.model_name, self.layout, seen)
+
+    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
+        import torch
+
+        if not batch:  # a round too small to aggregate: the same weights become the next round
+            return
+        averaged = weighted_average([(a.message.params, float(a.message.n_samples)) for a in batch])
+        with self.lock:
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in averaged.items()})
+            self.test_accuracy = self.evaluate()
+
+    def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
+        if self._weights is None or self._payload_version != version:
+            with self.lock:
+                params = {name: t.detach().numpy().astype(np.float32, copy=True)
+                          for name, t in self.model.state_dict().items()}
+            self._weights = Weights(sender=self.config.node_id, seq=self.next_seq(), base_version=version,
+                                    model=self.model_name, n_samples=0, params=params, sent_at=time.time())
+            self._payload_version = version
+        return [(self.topics.model, self._weights)]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"large_model": self.model_name, "test_accuracy": self.test_accuracy}
+
+    def identity(self) -> dict[str, str]:
+        return {"model_name": self.model_name}
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError("the FedAvg baseline keeps no checkpoints")
+
+    def restore(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError("the FedAvg baseline keeps no checkpoints")

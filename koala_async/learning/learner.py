@@ -1,0 +1,97 @@
+"""The server's learning side, as one small interface the server node calls.
+
+A :class:`Learner` owns the large model and everything it learns from. The node never touches the
+model: it asks the learner whether to take a message (:meth:`Learner.admit`), hands it batches of
+accepted arrivals (:meth:`Learner.advance`, blocking, in a worker thread), and publishes the messages
+the learner says describe its current version (:meth:`Learner.retained`). Two learners ship:
+
+- :class:`~koala_async.learning.distill_learner.DistillLearner` (KOALA): fuses client logits on the
+  proxy set into soft targets and distills the large model on them; publishes the proxy set and its
+  own logits (knowledge).
+- :class:`~koala_async.learning.averaging_learner.AveragingLearner` (FedAvg): averages client weights
+  of the large model; publishes the global weights.
+
+Which learner a mode uses is decided in one place, ``koala_async.nodes.modes``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from koala_async.core.admission import Decision
+from koala_async.core.dedupe import SeqWindow
+from koala_async.core.envelope import Message
+
+if TYPE_CHECKING:
+    from koala_async.core.server_state import Arrival
+    from koala_async.learning.data import Dataset
+    from koala_async.learning.models import InputSpec
+    from koala_async.nodes.config import ServerConfig
+
+
+class Learner(Protocol):
+    model_name: str
+    test_accuracy: float
+
+    def prepare(self) -> None:
+        """Load data and build the model (blocking; the node runs it in a thread)."""
+
+    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow) -> Decision | None:
+        """Whether to take ``message`` from an update topic; None if this learner takes no such kind."""
+
+    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
+        """Learn from ``batch`` at server version ``version``; what results is published as version
+        ``version + 1`` (blocking; the node runs it in a thread). Setting ``stop`` ends it early."""
+
+    def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
+        """(topic, message) pairs that describe ``version``, to publish retained; ``full`` adds what
+        is published only on (re)connect (the proxy set)."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the learner adds to the server's status."""
+
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint must match to be resumed by this learner (model, proxy set)."""
+
+    def state(self) -> dict[str, Any]:
+        """Everything to checkpoint (numpy arrays, tensors, plain values; nothing that needs pickle)."""
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Undo :meth:`state` (after :meth:`prepare`)."""
+
+
+@dataclass(frozen=True)
+class ServerData:
+    """What a server learns and is judged on: the unlabeled proxy inputs and the held-out test split."""
+
+    proxy_x: np.ndarray
+    test: Dataset
+
+    @property
+    def spec(self) -> InputSpec:
+        return self.test.spec
+
+
+def load_server_data(config: ServerConfig) -> ServerData:
+    """Proxy and test split: derived from ``dataset`` and ``seed`` as the clients derive their shards,
+    or read from ``proxy_path`` / ``test_path`` (.npz) where given (blocking)."""
+    from koala_async.learning import data as datasets
+
+    if config.proxy_path and config.test_path:
+        test = datasets.load_npz(config.test_path)
+        proxy = datasets.load_npz(config.proxy_path, num_classes=test.spec.num_classes, labeled=False)
+    else:
+        splits = datasets.split(datasets.load_dataset(config.dataset), config.seed, config.test_fraction,
+                                config.proxy_fraction)
+        proxy, test = splits.proxy, splits.test
+        if config.proxy_path:
+            proxy = datasets.load_npz(config.proxy_path, num_classes=test.spec.num_classes, labeled=False)
+        if config.test_path:
+            test = datasets.load_npz(config.test_path)
+    if proxy.x.shape[1:] != test.x.shape[1:]:
+        raise ValueError(f"proxy inputs {proxy.x.shape[1:]} and test inputs {test.x.shape[1:]} differ")
+    return ServerData(proxy.x.astype(np.float32), test)

@@ -1,0 +1,180 @@
+"""The configs of the two node kinds: frozen dataclasses, loadable from the ``[server]`` and
+``[client]`` tables of a TOML file (``koala_async.config.load_into`` names key and line on error)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from koala_async.core.fusion import FusionConfig
+from koala_async.core.modes import DEFAULT_MODE, Mode
+from koala_async.core.resources import PROFILES
+from koala_async.core.retention import RETENTIONS
+from koala_async.core.staleness import StalenessPolicy
+from koala_async.core.tiering import TierPolicy
+from koala_async.core.topics import check_id
+from koala_async.core.trust import TrustConfig
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything a server node needs; loadable from the ``[server]`` table of a TOML file."""
+
+    node_id: str = "server"
+    broker: str = "mqtt://127.0.0.1:1883"
+    federation: str = "default"
+    mode: Mode = DEFAULT_MODE  # async | sync | fedavg (core/modes.py)
+    round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
+    round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
+    # Data: a dataset name from which proxy and test splits are derived (as clients derive shards),
+    # or explicit .npz files.
+    dataset: str = "digits"
+    seed: int = 0
+    test_fraction: float = 0.2
+    proxy_fraction: float = 0.25
+    proxy_path: str | None = None
+    test_path: str | None = None
+    large_model: str | None = None
+    temperature: float = 3.0
+    lr: float = 1e-3
+    batch_size: int = 64
+    distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
+    buffer_size: int = 1
+    # Latency budget: a version's distillation stops after this many seconds (None = run all its
+    # steps); what arrived meanwhile fuses into the next version, so arrival-to-published latency
+    # stays bounded when many clients publish.
+    max_distill_seconds: float | None = None
+    # Benchmarks: admit and count updates but never fuse, distill or publish new versions.
+    ingest_only: bool = False
+    # Publish each update's verdict on the client's ack topic (QoS 1). Off saves one message per update
+    # on a constrained link; clients then learn of acceptance only from the server's status counters.
+    acks: bool = True
+    latency_window: float = 30.0  # seconds of fuse latency in the snapshot's "fuse_latency_recent"
+    # Distillation-time augmentation of proxy inputs: "shift" moves images by up to a pixel (vector
+    # inputs are never augmented); "none" distills on the proxy inputs exactly as they are.
+    augment: str = "shift"
+    accepted_tiers: tuple[str, ...] = ()
+    staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    trust: TrustConfig = field(default_factory=TrustConfig)  # per-tier trust (docs/heterogeneous.md)
+    status_interval: float = 2.0
+    max_payload_bytes: int = 8 * 1024 * 1024
+    threads: int = 1
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    report_path: str | None = None
+    # Durability: checkpoint + journal directory (None = keep state in memory only), and how often an
+    # idle server checkpoints its counters (a new version is always checkpointed before publishing).
+    state_dir: str | None = None
+    checkpoint_interval: float = 30.0
+    # Signed updates: a JSON file {client id: key}; when set, unsigned or badly signed updates are refused.
+    keys_file: str | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.node_id, "node_id")
+        if self.distill_steps < 1 or self.buffer_size < 1:
+            raise ValueError("distill_steps and buffer_size must be >= 1")
+        if self.max_distill_seconds is not None and self.max_distill_seconds <= 0:
+            raise ValueError("max_distill_seconds must be > 0 (or unset)")
+        if self.latency_window <= 0:
+            raise ValueError("latency_window must be > 0")
+        from koala_async.learning.distill import AUGMENTATIONS
+
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"augment {self.augment!r} is not one of {list(AUGMENTATIONS)}")
+        object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if self.round_timeout <= 0 or self.round_min_clients < 1:
+            raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
+
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 3e-3  # Adam, for the client's small model
+    kd_weight: float = 1.0
+    # Adam learning rate when the client trains the server's large model instead (fedavg mode): a
+    # 620k-parameter CNN wants a smaller step than a 10k one (on digits, 3e-3 beat 1e-2 for it).
+    fedavg_lr: float = 3e-3
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Everything a client node needs; loadable from the ``[client]`` table of a TOML file."""
+
+    node_id: str = "client-0"
+    broker: str = "mqtt://127.0.0.1:1883"
+    federation: str = "default"
+    # async | sync | fedavg (core/modes.py); a client also follows the rounds the server's knowledge announces.
+    mode: Mode = DEFAULT_MODE
+    # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
+    # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test),
+    # or nothing (dataset "none"): an embedded client fed through ``add_samples``.
+    data_path: str | None = None
+    dataset: str | None = "digits"
+    seed: int = 0
+    shard: int = 0
+    num_shards: int = 1
+    alpha: float = 0.5
+    test_fraction: float = 0.2
+    proxy_fraction: float = 0.25
+    tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
+    profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
+    tier_policy: TierPolicy = field(default_factory=TierPolicy)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    max_updates: int = 0  # 0 = keep contributing until stopped
+    interval: float = 1.0  # seconds between trainings (with +-50% jitter)
+    proxy_subset: float = 1.0  # share of proxy samples to publish logits for per update
+    send_label_counts: bool = True
+    slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
+    threads: int = 1
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
+    max_payload_bytes: int = 64 * 1024 * 1024
+    # Durability: where the pending update and seq counter live (None = nowhere); a pending update
+    # older than this many knowledge versions at restart is discarded instead of published.
+    state_dir: str | None = None
+    pending_max_staleness: int = 10
+    signing_key: str | None = None  # HMAC key shared with the server's keys file
+    keepalive: int = 30  # MQTT keepalive, seconds: a dead link is noticed after 1-1.5x this
+    # Samples held in memory (initial data plus everything added), and which survive past that:
+    # "reservoir" = a uniform sample of all ever seen (seeded), "newest" = a sliding window.
+    max_samples: int = 10_000
+    retention: str = "reservoir"
+    min_samples: int = 10  # no training before this many samples are held
+    # Input spec of an embedded client; inferred (first samples, then the server's proxy set) if unset.
+    input_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    event_queue: int = 256  # per events() consumer; a full queue drops its oldest event
+
+    def __post_init__(self) -> None:
+        check_id(self.node_id, "node_id")
+        if self.retention not in RETENTIONS:
+            raise ValueError(f"retention must be one of {list(RETENTIONS)}, got {self.retention!r}")
+        if self.max_samples < 1 or not 1 <= self.min_samples <= self.max_samples:
+            raise ValueError("need 1 <= min_samples <= max_samples")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError("num_classes must be >= 1")
+        if self.event_queue < 1:
+            raise ValueError("event_queue must be >= 1")
+        if not 0 < self.proxy_subset <= 1:
+            raise ValueError("proxy_subset must be in (0, 1]")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"shard {self.shard} is not in [0, num_shards={self.num_shards})")
+        if self.slowdown < 1:
+            raise ValueError("slowdown must be >= 1")
+        if self.keepalive < 1:
+            raise ValueError("keepalive must be >= 1 second")
+        object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if self.profile is not None and self.profile not in PROFILES:
+            raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
+
+

@@ -1,0 +1,98 @@
+"""When a client trains: its turn (rounds or its own interval), its readiness (resources, new data or
+knowledge), and how long a simulated device takes.
+
+The pure rules are in :mod:`koala_async.core.tiering` (``readiness``, ``samples_per_epoch``); this
+module re-probes resources (psutil, in a worker thread) and waits until the rules say train.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from koala_async.core.resources import ResourceSnapshot, get_profile
+from koala_async.core.retention import SampleBuffer
+from koala_async.core.tiering import readiness, samples_per_epoch
+from koala_async.nodes.workers import Workers
+
+if TYPE_CHECKING:
+    from koala_async.nodes.config import ClientConfig
+    from koala_async.nodes.local_training import LocalTask
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[str], Awaitable[None]]  # the node's "this is what I am doing now"
+
+
+class Readiness:
+    def __init__(self, config: ClientConfig, task: LocalTask, samples: SampleBuffer, workers: Workers) -> None:
+        self.config = config
+        self.task = task
+        self.samples = samples
+        self.workers = workers
+        self.profile = get_profile(config.profile) if config.profile else None
+        self.resources = ResourceSnapshot()
+        self.trained_on: tuple[int | None, int] | None = None  # (knowledge version, samples seen)
+        self._rng = random.Random(f"{config.seed}-{config.node_id}")
+
+    def probe(self) -> ResourceSnapshot:
+        """Measure resources now (blocking), capped by the simulated device profile if any."""
+        from koala_async.io.resources import probe
+
+        self.resources = probe(self.profile)
+        return self.resources
+
+    def samples_per_epoch(self, distilling: bool = True) -> int:
+        kd = distilling and self.config.train.kd_weight > 0
+        return samples_per_epoch(len(self.samples), self.config.train.batch_size, kd)
+
+    async def next_turn(self, report: Report) -> None:
+        """Rounds: until a version this client has not trained on. Otherwise its own jittered interval."""
+        if not self.task.in_rounds:
+            await asyncio.sleep(self.config.interval * (0.5 + self._rng.random()))
+            return
+        trained = self.trained_on[0] if self.trained_on is not None else None
+        if self.trained_on is not None and self.task.version == trained:
+            await report("waiting for the next round")
+        while self.task.version is None or (self.trained_on is not None and self.task.version == trained):
+            self.task.changed.clear()
+            await self.task.changed.wait()
+
+    async def until_ready(self, report: Report) -> None:
+        """Re-probe until the readiness policy says train; report why it waits meanwhile."""
+        cfg = self.config
+        since = time.monotonic()
+        waiting = ""
+        while True:
+            await self.workers.run(self.probe)
+            last_version, last_seen = self.trained_on or (None, -1)
+            verdict = readiness(self.resources, cfg.tier_policy, trained_before=self.trained_on is not None,
+                                new_knowledge=self.task.version != last_version,
+                                new_data=self.samples.seen != last_seen, waited_s=time.monotonic() - since)
+            if verdict.ready:
+                return
+            if waiting != verdict.reason:
+                waiting = verdict.reason
+                log.info("%s %s", cfg.node_id, verdict.reason)
+                await report(verdict.reason)
+            await asyncio.sleep(cfg.interval)
+
+    def simulated_seconds(self, distilling: bool) -> float:
+        """How long this training takes at the profile's FLOP/s (0 without a profile)."""
+        spec = self.task.trained_spec()
+        if self.profile is None or not self.resources.flops or spec is None:
+            return 0.0
+        flops = spec.train_flops_per_sample * self.samples_per_epoch(distilling) * self.config.train.epochs
+        return flops / self.resources.flops
+
+    async def pace(self, started: float, distilling: bool) -> None:
+        """Make a training that began at ``started`` (perf_counter) last as long as on this device."""
+        simulated = self.simulated_seconds(distilling)
+        if simulated > 0:
+            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
+        if self.config.slowdown > 1:
+            await asyncio.sleep((time.perf_counter() - started) * (self.config.slowdown - 1))
