@@ -9,6 +9,7 @@ expected, and the line in the file where the key stands when it can be found.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import tomllib
 import types
@@ -113,7 +114,7 @@ def load_into(cls: type[T], data: dict[str, Any], *, source: str | None = None, 
         name = raw_key.replace("-", "_")
         key = f"{prefix}.{raw_key}" if prefix else raw_key
         if name not in fields:
-            close = [f for f in fields if f.startswith(name[:3])] or sorted(fields)
+            close = difflib.get_close_matches(name, list(fields), n=1)  # nothing when nothing is close
             _fail(f"unknown key {raw_key!r}; expected one of {sorted(fields)}"
                   + (f" (did you mean {close[0]!r}?)" if close else ""), key, source, text)
         kwargs[name] = _convert(hints[name], value, key, source, text)

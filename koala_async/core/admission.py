@@ -2,7 +2,9 @@
 
 Checks run in order, and the first failure names the reason the update is counted under:
 ``sender_mismatch`` (payload sender differs from the topic), ``duplicate`` (sequence number already
-accepted: a QoS 1 redelivery), ``wrong_proxy``, ``class_count``, ``shape_mismatch``,
+accepted: a QoS 1 redelivery), ``seq_out_of_range`` (a number further ahead than the sender's last
+one or the clock allows: core/dedupe.py), ``empty_update`` (no rows or no samples; decode refuses
+these too), ``wrong_proxy``, ``class_count``, ``shape_mismatch``,
 ``bad_sample_ids``, ``tier_not_accepted``, ``future_version`` (built on a version the server never
 published), ``stale`` (staleness past the cut-off).
 """
@@ -35,12 +37,18 @@ class Decision:
     staleness: int = 0
 
 
-def admit(update: Update, topic_sender: str | None, ctx: AdmissionContext, seen: SeqWindow) -> Decision:
-    """Decide on ``update``; does not record it (call ``seen.add`` once it is durable)."""
+def admit(update: Update, topic_sender: str | None, ctx: AdmissionContext, seen: SeqWindow,
+          now_ms: int | None = None) -> Decision:
+    """Decide on ``update``; does not record it (call ``seen.add(sender, seq, now_ms)`` once it is
+    durable). ``now_ms`` is the server's wall clock in milliseconds, for the sequence range check;
+    ``None`` skips that check."""
     if topic_sender is not None and update.sender != topic_sender:
         return Decision(False, "sender_mismatch")
-    if seen.seen(update.sender, update.seq):
-        return Decision(False, "duplicate")
+    refused = seen.check(update.sender, update.seq, now_ms)
+    if refused is not None:
+        return Decision(False, refused)
+    if update.logits.shape[0] == 0 or update.n_samples < 1:
+        return Decision(False, "empty_update")
     if update.proxy_id != ctx.proxy_id:
         return Decision(False, "wrong_proxy")
     if update.logits.shape[1] != ctx.num_classes:

@@ -2,12 +2,15 @@
 
 Every message is a msgpack map::
 
-    {"v": 1, "k": kind, "s": sender, "q": seq, "t": sent_at, "b": base_version, "body": {...}}
+    {"v": 1, "k": kind, "s": sender, "q": seq, "t": sent_at, "b": base_version, "e": epoch, "body": {...}}
 
-Arrays travel as ``{"dtype": "<f2", "shape": [n, c], "data": raw bytes}``. Decoding is strict: the
-payload size, schema version, kind, field types, dtypes, shapes and finiteness are checked before any
-caller sees the message, and every failure raises :class:`~koala_async.errors.MessageError` with a
-short ``reason`` that nodes count.
+``e`` (the publishing server's run, see core/server_signing.py) is present only when non-zero, so
+payloads without it stay valid. Arrays travel as ``{"dtype": "<f2", "shape": [n, c], "data": raw
+bytes}`` (core/arrays.py). Decoding is strict and bounded: the payload size, nesting depth and object
+count (core/bounded.py), schema version, kind, field types, dtypes, shapes, finiteness and the size of
+a status's ``info`` (core/info.py) are checked before any caller sees the message, and every failure
+raises :class:`~koala_async.errors.MessageError` with a short ``reason`` that nodes count. An update
+with no rows or ``n_samples == 0`` is ``empty_update``.
 """
 
 from __future__ import annotations
@@ -19,7 +22,13 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from koala_async.core import bounded
+from koala_async.core.arrays import ALLOWED_DTYPES, pack_array, unpack_array
+from koala_async.core.info import InfoLimits, check_info, fit_info
 from koala_async.errors import MessageError
+
+__all__ = ["ALLOWED_DTYPES", "KINDS", "MODES", "Ack", "Knowledge", "Limits", "Message", "ProxySet",
+           "Status", "Update", "Weights", "decode", "encode", "pack_array", "unpack_array"]
 
 SCHEMA_VERSION = 1
 
@@ -34,12 +43,7 @@ KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIN
 # Federation modes (docs/scenarios.md): KOALA without rounds, KOALA in synchronous rounds, FedAvg.
 MODES = ("async", "sync", "fedavg")
 
-# Only these dtypes may cross the wire; anything else is a "bad_dtype".
-ALLOWED_DTYPES = {"<f2": np.float16, "<f4": np.float32, "<u4": np.uint32, "|u1": np.uint8,
-                  "<i8": np.int64}
-_WIRE_DTYPES = {name: np.dtype(kind) for name, kind in ALLOWED_DTYPES.items()}
 _FLOAT16 = np.dtype(np.float16)
-_FINITE_F16_HIGH_BYTES = bytes(b for b in range(256) if b & 0x7C != 0x7C)
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,12 @@ class Limits:
     max_version: int = 2**53
     max_tensors: int = 256  # parameter tensors in one weights message
     max_name_len: int = 128
+    # Structure bounds, enforced while unpacking (core/bounded.py). The deepest message we send is a
+    # status: envelope > body > info > 3 more levels of info = 6; weights reach 5 (envelope > body >
+    # params > array > shape). The most objects: weights, about 12 per tensor, 256 tensors = 3,100.
+    max_depth: int = 8
+    max_objects: int = 8192
+    info: InfoLimits = field(default_factory=InfoLimits)  # Status.info (core/info.py)
 
 
 @dataclass(frozen=True)
@@ -87,6 +97,8 @@ class Knowledge:
     accepted_tiers: tuple[str, ...] = ()
     sent_at: float = 0.0
     mode: str = "async"  # "sync": the version is a round; clients train once per version
+    # Which run of the server published it (core/server_signing.py: (epoch, version) never goes back).
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,11 +111,15 @@ class ProxySet:
     inputs: np.ndarray  # (N, *feature_shape)
     num_classes: int
     sent_at: float = 0.0
+    epoch: int = 0  # the publishing server's run, as Knowledge.epoch
 
 
 @dataclass(frozen=True)
 class Status:
-    """Presence and progress of a node (retained; the last will says ``online=False``)."""
+    """Presence and progress of a node (retained; the last will says ``online=False``).
+
+    ``info`` is bounded (core/info.py): :func:`encode` cuts it to ``InfoLimits()`` and :func:`decode`
+    refuses one past the limits."""
 
     sender: str
     seq: int
@@ -147,60 +163,20 @@ class Weights:
     n_samples: int
     params: dict[str, np.ndarray]
     sent_at: float = 0.0
+    epoch: int = 0  # the server's global model: its run, as Knowledge.epoch; clients send 0
 
 
 Message = Update | Knowledge | ProxySet | Status | Weights | Ack
 
 
-# -- arrays ------------------------------------------------------------------------------------
-
-def pack_array(array: np.ndarray) -> dict[str, Any]:
-    """Encode an array as ``{dtype, shape, data}`` with little-endian, C-ordered bytes."""
-    arr = np.ascontiguousarray(array)
-    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-    arr = arr.astype(dtype, copy=False)
-    if dtype.str not in ALLOWED_DTYPES:
-        raise ValueError(f"dtype {dtype.str} cannot be sent; allowed: {sorted(ALLOWED_DTYPES)}")
-    return {"dtype": dtype.str, "shape": list(arr.shape), "data": arr.tobytes()}
-
-
-def unpack_array(obj: Any, name: str, limits: Limits) -> np.ndarray:
-    """Decode and check one typed array field; raises ``MessageError`` on any inconsistency."""
-    if not isinstance(obj, dict) or set(obj) != {"dtype", "shape", "data"}:
-        raise MessageError("bad_array", f"{name} is not a {{dtype, shape, data}} map")
-    dtype_str, shape, data = obj["dtype"], obj["shape"], obj["data"]
-    dtype = _WIRE_DTYPES.get(dtype_str) if isinstance(dtype_str, str) else None
-    if dtype is None:
-        raise MessageError("bad_dtype", f"{name} has dtype {dtype_str!r}")
-    # type() is int: bool (a subclass of int) is not a dimension
-    if (type(shape) is not list or not 1 <= len(shape) <= 4
-            or not all(type(d) is int and d >= 0 for d in shape)):
-        raise MessageError("bad_array", f"{name} has shape {shape!r}")
-    if not isinstance(data, bytes):
-        raise MessageError("bad_array", f"{name} data is not bytes")
-    count = math.prod(shape)
-    if count * dtype.itemsize != len(data):
-        raise MessageError("shape_mismatch",
-                           f"{name}: shape {shape} needs {count * dtype.itemsize} bytes, got {len(data)}")
-    if shape[0] > limits.max_samples:
-        raise MessageError("too_many_samples", f"{name} has {shape[0]} rows > {limits.max_samples}")
-    array = np.frombuffer(data, dtype=dtype).reshape(shape)
-    if dtype == _FLOAT16:
-        # inf or NaN has all five exponent bits set: in little-endian '<f2' they are bits 0x7C of
-        # each odd byte. Deleting every byte without them leaves nothing for a finite array. Every
-        # update carries one (on the server's ingest path), and this costs half of what a NumPy
-        # bit test did measured inside the running server (5 vs 11 us for 450x10).
-        if data[1::2].translate(None, _FINITE_F16_HIGH_BYTES):
-            raise MessageError("non_finite", f"{name} holds NaN or inf")
-    elif array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise MessageError("non_finite", f"{name} holds NaN or inf")
-    return array
-
-
 # -- envelope ----------------------------------------------------------------------------------
 
-def _header(kind: str, sender: str, seq: int, base_version: int, sent_at: float) -> dict[str, Any]:
-    return {"v": SCHEMA_VERSION, "k": kind, "s": sender, "q": seq, "b": base_version, "t": sent_at}
+def _header(kind: str, sender: str, seq: int, base_version: int, sent_at: float,
+            epoch: int = 0) -> dict[str, Any]:
+    head = {"v": SCHEMA_VERSION, "k": kind, "s": sender, "q": seq, "b": base_version, "t": sent_at}
+    if epoch:  # absent means 0: older decoders and payloads stay valid
+        head["e"] = epoch
+    return head
 
 
 def encode(message: Message) -> bytes:
@@ -221,14 +197,15 @@ def encode(message: Message) -> bytes:
                 else pack_array(message.logits.astype(np.float16, copy=False))}
         if message.mode != "async":  # absent means async: older decoders and payloads stay valid
             body["mode"] = message.mode
-        head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at)
+        head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at,
+                       message.epoch)
     elif isinstance(message, ProxySet):
         body = {"proxy": message.proxy_id, "classes": message.num_classes,
                 "inputs": pack_array(message.inputs)}
-        head = _header(KIND_PROXY, message.sender, message.seq, 0, message.sent_at)
+        head = _header(KIND_PROXY, message.sender, message.seq, 0, message.sent_at, message.epoch)
     elif isinstance(message, Status):
         body = {"role": message.role, "online": message.online, "state": message.state,
-                "info": message.info}
+                "info": fit_info(message.info)}
         head = _header(KIND_STATUS, message.sender, message.seq, 0, message.sent_at)
     elif isinstance(message, Ack):
         body = {"client": message.client, "update_seq": message.update_seq, "accepted": message.accepted,
@@ -238,7 +215,8 @@ def encode(message: Message) -> bytes:
         body = {"model": message.model, "n": message.n_samples,
                 "params": {name: pack_array(np.asarray(value, dtype=np.float32))
                            for name, value in message.params.items()}}
-        head = _header(KIND_WEIGHTS, message.sender, message.seq, message.base_version, message.sent_at)
+        head = _header(KIND_WEIGHTS, message.sender, message.seq, message.base_version, message.sent_at,
+                       message.epoch)
     else:  # pragma: no cover - guarded by typing
         raise TypeError(f"cannot encode {type(message).__name__}")
     head["body"] = body
@@ -257,64 +235,55 @@ def _get(body: dict[str, Any], key: str, types: type | tuple[type, ...], kind: s
 
 
 def _int(value: Any, name: str, upper: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= upper:
-        raise MessageError("bad_field", f"{name}={value!r} is not an integer in [0, {upper}]")
+    if type(value) is not int or not 0 <= value <= upper:
+        shown = value if type(value) is int else f"a {type(value).__name__}"
+        raise MessageError("bad_field", f"{name}={shown} is not an integer in [0, {upper}]")
     return value
 
 
 def decode(payload: bytes, limits: Limits = Limits()) -> Message:
-    """Parse and validate a payload; raise ``MessageError(reason)`` if anything is off."""
+    """Parse and validate a payload; raise ``MessageError(reason)`` if anything is off.
+
+    Nothing else escapes: the unpack is bounded in depth and object count (``too_deep``,
+    ``too_large``), no untrusted value is ever passed to ``str``/``repr``, and any other exception
+    a validation step might still raise is filed as ``malformed`` rather than left to crash a node.
+    """
     if len(payload) > limits.max_payload_bytes:
         raise MessageError("too_large", f"{len(payload)} bytes > {limits.max_payload_bytes}")
+    raw = bounded.unpack(payload, max_depth=limits.max_depth, max_objects=limits.max_objects,
+                         max_bin_len=limits.max_payload_bytes)
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=True,
-                              max_bin_len=limits.max_payload_bytes, max_str_len=1 << 16,
-                              max_array_len=1 << 16, max_map_len=1 << 12)
-    except Exception as exc:  # msgpack raises many types; all mean the same thing here
-        raise MessageError("not_msgpack", type(exc).__name__) from None
-    if not isinstance(raw, dict):
+        return _decode_map(raw, limits)
+    except MessageError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a check we missed: count it, never crash a node over it
+        raise MessageError("malformed", type(exc).__name__) from None
+
+
+def _decode_map(raw: Any, limits: Limits) -> Message:
+    if type(raw) is not dict:
         raise MessageError("not_a_map", type(raw).__name__)
     version = raw.get("v")
-    if version != SCHEMA_VERSION:
-        raise MessageError("unknown_schema", f"v={version!r}")
+    if type(version) is not int or version != SCHEMA_VERSION:
+        raise MessageError("unknown_schema", f"v={version}" if type(version) is int else "v missing")
     kind = raw.get("k")
-    if kind not in KINDS:
-        raise MessageError("unknown_kind", f"k={kind!r}")
+    if type(kind) is not str or kind not in KINDS:
+        raise MessageError("unknown_kind", f"k={kind[:20]!r}" if type(kind) is str else "k missing")
     sender = raw.get("s")
-    if not isinstance(sender, str) or not 0 < len(sender) <= limits.max_sender_len:
+    if type(sender) is not str or not 0 < len(sender) <= limits.max_sender_len:
         raise MessageError("bad_field", "sender")
     seq = _int(raw.get("q"), "seq", limits.max_seq)
     base = _int(raw.get("b"), "base_version", limits.max_version)
+    epoch = _int(raw.get("e", 0), "epoch", limits.max_version)
     sent_at = raw.get("t", 0.0)
-    if not isinstance(sent_at, (int, float)) or isinstance(sent_at, bool) or not math.isfinite(sent_at):
+    if type(sent_at) not in (int, float) or not math.isfinite(sent_at):
         raise MessageError("bad_field", "sent_at")
     body = raw.get("body")
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise MessageError("missing_field", "body")
 
     if kind == KIND_UPDATE:
-        logits = unpack_array(_get(body, "logits", dict, kind), "logits", limits)
-        if logits.ndim != 2 or logits.dtype != _FLOAT16:
-            raise MessageError("bad_array", f"logits must be 2-D float16, got {logits.dtype}{logits.shape}")
-        if not 1 <= logits.shape[1] <= limits.max_classes:
-            raise MessageError("class_count", f"{logits.shape[1]} classes")
-        ids = None
-        if body.get("ids") is not None:
-            ids = unpack_array(body["ids"], "ids", limits)
-            if ids.dtype != np.uint32 or ids.shape != (logits.shape[0],):
-                raise MessageError("shape_mismatch", "ids must be uint32 with one id per logits row")
-        labels = None
-        if body.get("labels") is not None:
-            labels = unpack_array(body["labels"], "labels", limits)
-            if labels.dtype != np.uint32:
-                raise MessageError("bad_dtype", f"labels must be uint32 counts, got {labels.dtype}")
-            if labels.shape != (logits.shape[1],):
-                raise MessageError("shape_mismatch", "labels must hold one count per class")
-        tier = _get(body, "tier", str, kind)
-        return Update(sender=sender, seq=seq, base_version=base, tier=tier[:64],
-                      n_samples=_int(body.get("n"), "n_samples", 1 << 40),
-                      proxy_id=_get(body, "proxy", str, kind), logits=logits, sample_ids=ids,
-                      sent_at=float(sent_at), label_counts=labels)
+        return _decode_update(body, sender, seq, base, float(sent_at), limits)
     if kind == KIND_KNOWLEDGE:
         classes = _int(body.get("classes"), "classes", limits.max_classes)
         temperature = _get(body, "temperature", (int, float), kind)
@@ -326,38 +295,67 @@ def decode(payload: bytes, limits: Limits = Limits()) -> Message:
             if k_logits.ndim != 2 or k_logits.shape[1] != classes:
                 raise MessageError("class_count", f"knowledge logits {k_logits.shape} vs {classes} classes")
         tiers = body.get("tiers", [])
-        if not isinstance(tiers, list) or not all(isinstance(t, str) for t in tiers):
+        if type(tiers) is not list or not all(type(t) is str for t in tiers):
             raise MessageError("bad_field", "knowledge.tiers")
         mode = body.get("mode", "async")
-        if mode not in MODES:
-            raise MessageError("bad_field", f"knowledge.mode={mode!r}")
+        if type(mode) is not str or mode not in MODES:
+            raise MessageError("bad_field", "knowledge.mode")
         return Knowledge(sender=sender, seq=seq, version=base, proxy_id=_get(body, "proxy", str, kind),
                          num_classes=classes, temperature=float(temperature), logits=k_logits,
-                         accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode)
+                         accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode, epoch=epoch)
     if kind == KIND_WEIGHTS:
-        return _decode_weights(body, sender, seq, base, float(sent_at), limits)
+        return _decode_weights(body, sender, seq, base, float(sent_at), epoch, limits)
     if kind == KIND_PROXY:
         inputs = unpack_array(_get(body, "inputs", dict, kind), "inputs", limits)
         if inputs.dtype.kind != "f" or inputs.ndim < 2 or math.prod(inputs.shape[1:]) > limits.max_features:
             raise MessageError("bad_array", f"proxy inputs {inputs.dtype}{inputs.shape}")
         return ProxySet(sender=sender, seq=seq, proxy_id=_get(body, "proxy", str, kind), inputs=inputs,
                         num_classes=_int(body.get("classes"), "classes", limits.max_classes),
-                        sent_at=float(sent_at))
+                        sent_at=float(sent_at), epoch=epoch)
     if kind == KIND_ACK:
         return Ack(sender=sender, seq=seq, client=_get(body, "client", str, kind)[:128],
                    update_seq=_int(body.get("update_seq"), "update_seq", limits.max_seq),
                    accepted=_get(body, "accepted", bool, kind), reason=_get(body, "reason", str, kind)[:64],
                    version=base, staleness=_int(body.get("staleness"), "staleness", limits.max_version),
                    sent_at=float(sent_at))
-    info = body.get("info", {})
-    if not isinstance(info, dict):
-        raise MessageError("bad_field", "status.info")
-    return Status(sender=sender, seq=seq, role=_get(body, "role", str, kind),
-                  online=_get(body, "online", bool, kind), state=str(body.get("state", ""))[:256],
-                  info=info, sent_at=float(sent_at))
+    info = check_info(body.get("info", {}), limits.info)
+    return Status(sender=sender, seq=seq, role=_get(body, "role", str, kind)[:64],
+                  online=_get(body, "online", bool, kind), state=_get(body, "state", str, kind)[:256]
+                  if "state" in body else "", info=info, sent_at=float(sent_at))
 
 
-def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent_at: float,
+def _decode_update(body: dict[str, Any], sender: str, seq: int, base: int, sent_at: float,
+                   limits: Limits) -> Update:
+    kind = KIND_UPDATE
+    logits = unpack_array(_get(body, "logits", dict, kind), "logits", limits)
+    if logits.ndim != 2 or logits.dtype != _FLOAT16:
+        raise MessageError("bad_array", f"logits must be 2-D float16, got {logits.dtype}{logits.shape}")
+    if not 1 <= logits.shape[1] <= limits.max_classes:
+        raise MessageError("class_count", f"{logits.shape[1]} classes")
+    if logits.shape[0] == 0:  # would bump the version and wipe the sender's contribution with nothing
+        raise MessageError("empty_update", "no logits rows")
+    ids = None
+    if body.get("ids") is not None:
+        ids = unpack_array(body["ids"], "ids", limits)
+        if ids.dtype != np.uint32 or ids.shape != (logits.shape[0],):
+            raise MessageError("shape_mismatch", "ids must be uint32 with one id per logits row")
+    labels = None
+    if body.get("labels") is not None:
+        labels = unpack_array(body["labels"], "labels", limits)
+        if labels.dtype != np.uint32:
+            raise MessageError("bad_dtype", f"labels must be uint32 counts, got {labels.dtype}")
+        if labels.shape != (logits.shape[1],):
+            raise MessageError("shape_mismatch", "labels must hold one count per class")
+    n_samples = _int(body.get("n"), "n_samples", 1 << 40)
+    if n_samples == 0:
+        raise MessageError("empty_update", "n_samples is 0")
+    tier = _get(body, "tier", str, kind)
+    return Update(sender=sender, seq=seq, base_version=base, tier=tier[:64], n_samples=n_samples,
+                  proxy_id=_get(body, "proxy", str, kind), logits=logits, sample_ids=ids,
+                  sent_at=sent_at, label_counts=labels)
+
+
+def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent_at: float, epoch: int,
                     limits: Limits) -> Weights:
     params_raw = _get(body, "params", dict, KIND_WEIGHTS)
     if not 0 < len(params_raw) <= limits.max_tensors:
@@ -365,7 +363,8 @@ def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent
     params: dict[str, np.ndarray] = {}
     for name, packed in params_raw.items():
         if not isinstance(name, str) or not 0 < len(name) <= limits.max_name_len:
-            raise MessageError("bad_weights", f"parameter name {str(name)[:40]!r}")
+            raise MessageError("bad_weights", "a parameter name is not 1 to "
+                                              f"{limits.max_name_len} characters")
         array = unpack_array(packed, name, limits)
         if array.dtype != np.float32:
             raise MessageError("bad_dtype", f"parameter {name} is {array.dtype}, weights travel as float32")
@@ -374,4 +373,5 @@ def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent
     if not 0 < len(model) <= 64:
         raise MessageError("bad_field", "weights.model")
     return Weights(sender=sender, seq=seq, base_version=base, model=model,
-                   n_samples=_int(body.get("n"), "n_samples", 1 << 40), params=params, sent_at=sent_at)
+                   n_samples=_int(body.get("n"), "n_samples", 1 << 40), params=params, sent_at=sent_at,
+                   epoch=epoch)

@@ -53,14 +53,16 @@ def weighted_average(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -
 
 
 def admit_weights(weights: Weights, topic_sender: str | None, version: int, model: str, layout: Layout,
-                  seen: SeqWindow) -> Decision:
+                  seen: SeqWindow, now_ms: int | None = None) -> Decision:
     """Whether the FedAvg server takes a client's weights for round ``version``, checked in order:
-    ``sender_mismatch``, ``duplicate``, ``wrong_model``, ``no_samples``, the layout (see
-    :func:`check_weights`), ``future_version``, ``stale`` (built on an older round)."""
+    ``sender_mismatch``, ``duplicate`` or ``seq_out_of_range`` (core/dedupe.py; ``now_ms`` is the
+    server's wall clock in ms, None skips the range check), ``wrong_model``, ``no_samples``, the
+    layout (see :func:`check_weights`), ``future_version``, ``stale`` (built on an older round)."""
     if topic_sender is not None and weights.sender != topic_sender:
         return Decision(False, "sender_mismatch")
-    if seen.seen(weights.sender, weights.seq):
-        return Decision(False, "duplicate")
+    refused = seen.check(weights.sender, weights.seq, now_ms)
+    if refused is not None:
+        return Decision(False, refused)
     if weights.model != model:
         return Decision(False, "wrong_model")
     if weights.n_samples < 1:

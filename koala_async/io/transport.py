@@ -62,12 +62,26 @@ class BrokerAddress:
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
+    def explain(self, error: str) -> str:
+        """``error`` (a connect failure's text), with what it means for TLS where that is known."""
+        if self.tls and "CERTIFICATE_VERIFY_FAILED" in error:
+            cas = f"CA file {self.ca_file}" if self.ca_file else "the system's CA certificates (no ca_file set)"
+            return f"the broker's TLS certificate could not be verified with {cas}: {error}"
+        return error
+
     def tls_context(self) -> ssl.SSLContext | None:
         if not self.tls:
             return None
-        ctx = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot load the CA certificates: {exc}", source=self.ca_file) from None
         if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(f"cannot load the client certificate or its key ({self.key_file}): {exc}",
+                                  source=self.cert_file) from None
         if self.tls_insecure:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
@@ -162,6 +176,7 @@ class MqttTransport:
         self._hook: asyncio.Task[None] | None = None  # the latest on_connect
 
     async def __aenter__(self) -> MqttTransport:
+        self.address.tls_context()  # a bad CA or certificate file: ConfigError here, not in the retry loop
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self._run(), name=f"mqtt-{self.client_id}")
@@ -205,7 +220,7 @@ class MqttTransport:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 self._client = None
-                self.stats.last_error = str(exc)
+                self.stats.last_error = self.address.explain(str(exc))
                 delay = self.backoff.delay(attempt, self._rng)
                 attempt += 1
                 if was_connected:
@@ -215,7 +230,7 @@ class MqttTransport:
                     log.warning("%s lost the broker at %s (%s); reconnecting in %.1fs",
                                 self.client_id, self.address, exc, delay)
                 else:
-                    err = BrokerUnavailable(str(self.address), str(exc))
+                    err = BrokerUnavailable(str(self.address), self.stats.last_error)
                     log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
                 await asyncio.sleep(delay)
 
@@ -312,7 +327,7 @@ class MqttTransport:
                                        _ACK_TIMEOUT, f"publish to {topic}")
                     except aiomqtt.MqttError as exc:
                         self.stats.publish_retries += 1
-                        self.stats.last_error = str(exc)
+                        self.stats.last_error = self.address.explain(str(exc))
                         if qos == 0:
                             return
                         await asyncio.sleep(0.1 + self._rng.random() * 0.2)

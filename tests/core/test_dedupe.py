@@ -60,3 +60,13 @@ def test_state_round_trip() -> None:
     assert copy.seen("a", 1) and copy.seen("a", 3) and copy.seen("b", 7)
     assert not copy.seen("a", 2) and not copy.seen("b", 8)
     assert copy.high("a") == 3 and copy.high("b") == 7
+
+
+def test_one_accepted_huge_number_does_not_make_the_senders_next_numbers_duplicates() -> None:
+    # Finding 4: after 2**53 was accepted, every honest number counted as "seen", and so did the
+    # window restored from a checkpoint. Only the old API here: this fails on the number-space window.
+    win = SeqWindow()
+    win.add("c1", 1_700_000_000_000)
+    win.add("c1", 2**53)
+    assert not win.seen("c1", 1_700_000_000_001)
+    assert not SeqWindow.from_state(win.to_state()).seen("c1", 1_700_000_000_002)
