@@ -167,14 +167,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     raw = _open_maybe_gz(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
-    if dtype is None:
+    code = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
+    if code is None:
         raise DataError(f"{path}: unknown IDX type code {raw[2]:#x}")
+    dtype = np.dtype(code)
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path}: IDX header cut short ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = dtype.itemsize
     body = len(raw) - 4 - 4 * ndim
     if body % itemsize or body // itemsize != int(np.prod(dims)):
         raise DataError(f"{path}: header says {dims}, file holds {body} bytes of {itemsize}-byte values")
@@ -211,7 +212,7 @@ def load_cifar10(directory: str | Path, train: bool = True) -> Dataset:
         if not path.exists():
             raise DataError(f"{directory}: missing CIFAR-10 batch {name}")
         with path.open("rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")  # noqa: S301 - the user's own local files
+            batch = pickle.load(fh, encoding="bytes")
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
     return Dataset(np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys),
@@ -248,8 +249,8 @@ def split(data: Dataset, seed: int, test_fraction: float = 0.2, proxy_fraction: 
     test_idx, proxy_idx, private_idx = [], [], []
     for label in np.unique(data.y):
         idx = rng.permutation(np.flatnonzero(data.y == label))
-        n_test = int(round(len(idx) * test_fraction))
-        n_proxy = int(round(len(idx) * proxy_fraction))
+        n_test = round(len(idx) * test_fraction)
+        n_proxy = round(len(idx) * proxy_fraction)
         test_idx.append(idx[:n_test])
         proxy_idx.append(idx[n_test:n_test + n_proxy])
         private_idx.append(idx[n_test + n_proxy:])

@@ -24,7 +24,13 @@ from torch import nn
 
 from koala_async.learning.adam import Adam
 from koala_async.learning.device import model_device, resolve_device
-from koala_async.learning.finetune import FineTune, apply_trainable, decay_groups, frozen_norms, set_train_mode
+from koala_async.learning.finetune import (
+    FineTune,
+    apply_trainable,
+    decay_groups,
+    frozen_norms,
+    set_train_mode,
+)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -92,6 +98,7 @@ class LocalTrainer:
         xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
         use_kd = proxy_x is not None and teacher_logits is not None and cfg.kd_weight > 0
         if use_kd:
+            assert proxy_x is not None and teacher_logits is not None  # for mypy: use_kd says so
             px = _tensor(proxy_x)
             teacher = F.softmax(_tensor(teacher_logits) / cfg.temperature, dim=1)
         self.model.train()

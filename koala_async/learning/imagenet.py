@@ -30,6 +30,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class InputAdapter(nn.Module):
     """(B, 1 or 3, H, W) in [0, 1] -> (B, 3, side, side) ImageNet-normalised (see the module doc)."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, in_channels: int, side: int | None = None) -> None:
         super().__init__()
         if in_channels not in (1, 3):

@@ -74,7 +74,7 @@ class ModelRef:
             model = self.factory(spec)
         except ConfigError:
             raise
-        except Exception as exc:  # noqa: BLE001 - a user's factory: say which one failed, and how
+        except Exception as exc:
             raise ModelError(f"model {self.name!r} ({self.origin}) failed to build for {spec.kind} input "
                              f"{spec.shape}, {spec.num_classes} classes: {type(exc).__name__}: {exc}",
                              key=key) from exc

@@ -51,7 +51,7 @@ def _label_index(label: int | str, header: list[str] | None, width: int, path: P
 
 def load_csv(path: str | Path, label: int | str = -1, num_classes: int | None = None) -> Dataset:
     """A labelled vector :class:`~koala_async.learning.data.Dataset` from a CSV file (module doc)."""
-    from koala_async.learning.data import Dataset  # noqa: F811 - data imports this module
+    from koala_async.learning.data import Dataset
 
     path = Path(path)
     try:
