@@ -3,14 +3,9 @@ every architecture for one input spec.
 
 - ``params``: counted from the built model.
 - ``bytes_on_disk``: length of ``torch.save(model.state_dict())``.
-- ``train_flops_per_sample``: the multiply-adds of one forward and backward pass of a batch, divided
-  by the batch size, counted the way ``torch.utils.flop_counter.FlopCounterMode`` counts them (matmuls
-  and convolutions; element-wise ops such as ReLU and pooling are not counted, they are a rounding
-  error here): per linear or conv layer, the forward, the weight gradient (as many again) and the
-  input gradient (as many again, unless the layer's input needs no gradient). Counted from layer
-  shapes with forward hooks rather than by running ``FlopCounterMode``, whose first use imports
-  torch's compiler stack (sympy, dynamo, inductor: about 90 MiB a client would carry for nothing);
-  ``tests/learning/test_catalog_flops.py`` checks the two agree for every architecture.
+- ``train_flops_per_sample``: one forward and backward pass counted by torch's ``FlopCounterMode``
+  (any layer type), per sample. Counted at most once per architecture and machine, outside client
+  processes: see :mod:`koala_async.learning.flops` (its first use costs a process about 90 MiB).
 - ``peak_train_bytes``: *estimated*, fp32: weights + gradients + two Adam moments (4 x params) plus
   the activations of one batch kept for backward and their gradients (2 x the outputs of every leaf
   module, recorded with forward hooks).
@@ -19,12 +14,14 @@ every architecture for one input spec.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
 from torch import nn
 
 from koala_async.core.tiering import TierSpec
+from koala_async.learning.flops import train_flops_per_sample
 from koala_async.learning.models import ARCHITECTURES, InputSpec, build_model, client_tiers, default_large
 
 BATCH = 32
@@ -33,9 +30,10 @@ BATCH = 32
 def _activation_elements(model: nn.Module, x: torch.Tensor) -> int:
     total = 0
 
-    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
         nonlocal total
-        total += out.numel()
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        total += sum(o.numel() for o in outs if isinstance(o, torch.Tensor))
 
     leaves = [m for m in model.modules() if not list(m.children())]
     handles = [m.register_forward_hook(hook) for m in leaves]
@@ -48,52 +46,34 @@ def _activation_elements(model: nn.Module, x: torch.Tensor) -> int:
     return total
 
 
-def train_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of one forward and backward pass of ``model`` on batch ``x`` (FlopCounterMode's count)."""
-    total = 0
-
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Linear):
-            forward = 2 * out.numel() * module.in_features  # (B, in) @ (in, out)
-        else:
-            assert isinstance(module, nn.Conv2d) and module.groups == 1
-            c_out, c_in, kh, kw = module.weight.shape
-            forward = 2 * out.shape[0] * out.shape[2] * out.shape[3] * c_out * c_in * kh * kw
-        total += forward * (3 if inputs[0].requires_grad else 2)  # + weight grad (+ input grad)
-
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    unknown = [type(m).__name__ for m in model.modules() if not list(m.children())
-               and any(p.requires_grad for p in m.parameters()) and not isinstance(m, (nn.Linear, nn.Conv2d))]
-    if unknown:
-        raise ValueError(f"cannot count FLOPs of layers {unknown}")
-    handles = [m.register_forward_hook(hook) for m in layers]
-    try:
-        with torch.enable_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
-
-
-def measure(name: str, spec: InputSpec, batch_size: int = BATCH) -> TierSpec:
-    """Build architecture ``name`` for ``spec`` and measure it."""
-    model = build_model(name, spec, seed=0)
+def _measure_built(name: str, model: nn.Module, spec: InputSpec, flops: float,
+                   batch_size: int = BATCH) -> TierSpec:
     params = sum(p.numel() for p in model.parameters())
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     x = torch.randn(batch_size, *spec.shape)
-    flops = train_flops(model, x) / batch_size
     peak = 4 * 4 * params + 2 * 4 * _activation_elements(model, x)
     return TierSpec(name=name, kind=spec.kind, params=params, bytes_on_disk=len(buf.getvalue()),
                     train_flops_per_sample=float(flops), peak_train_bytes=peak)
 
 
+def measure_many(names: Sequence[str], spec: InputSpec, in_process: bool | None = None) -> tuple[TierSpec, ...]:
+    """Build and measure each model name (built-in, import string or entry point) for ``spec``."""
+    models = {name: build_model(name, spec, seed=0) for name in names}
+    flops = train_flops_per_sample(models, spec, in_process=in_process)
+    return tuple(_measure_built(name, models[name], spec, flops[name]) for name in names)
+
+
+def measure(name: str, spec: InputSpec, in_process: bool | None = None) -> TierSpec:
+    """Build model ``name`` for ``spec`` and measure it."""
+    return measure_many([name], spec, in_process)[0]
+
+
 @lru_cache(maxsize=16)
-def tier_catalog(spec: InputSpec) -> tuple[TierSpec, ...]:
-    """The client tiers for ``spec``'s kind, smallest first, measured."""
-    return tuple(measure(name, spec) for name in client_tiers(spec.kind))
+def tier_catalog(spec: InputSpec, names: tuple[str, ...] | None = None) -> tuple[TierSpec, ...]:
+    """The client tiers for ``spec``, measured: the built-in ladder of its kind, smallest first, or the
+    given ``names`` (a ladder of your own, which must also be ordered smallest first)."""
+    return measure_many(names or tuple(client_tiers(spec.kind)), spec)
 
 
 @lru_cache(maxsize=16)

