@@ -1,11 +1,15 @@
 """MQTT transport: one aiomqtt connection kept alive with jittered backoff, as an async context manager.
 
-``Transport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
-on every (re)connect (so a node can republish retained state a restarted broker lost), tells an
-optional ``on_link(connected, detail)`` callback each time the link comes up or goes down, hands incoming
-messages to a bounded queue (a full queue applies backpressure rather than dropping) or, given a
-``handler``, straight to that function as they are read, and retries QoS 1 publishes until the broker
-acknowledges them. aiomqtt/paho errors become
+``Transport`` owns its connection loop inside a TaskGroup. Given several broker addresses it fails
+over: when the broker it is on goes away (or cannot be reached) it moves to the next one in the list,
+round robin, each try after a jittered backoff that grows with every full round of failures, so a
+dead broker is tried once a round and never hammered. It speaks MQTT 5 where the broker offers it and
+3.1.1 where not (:mod:`koala_async.io.negotiate`), remembering per address which one works. It
+(re)subscribes and calls ``on_connect`` on every (re)connect (so a node can republish retained state a
+restarted or different broker lacks), tells an optional ``on_link(connected, detail)`` callback each
+time the link comes up or goes down, hands incoming messages to a bounded queue (a full queue applies
+backpressure rather than dropping) or, given a ``handler``, straight to that function as they are
+read, and retries QoS 1 publishes until the broker acknowledges them. aiomqtt/paho errors become
 :class:`~koala_async.errors.TransportError` here and never leak further.
 """
 
@@ -15,62 +19,29 @@ import asyncio
 import logging
 import math
 import random
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
-from urllib.parse import unquote, urlsplit
+from typing import Any, NamedTuple, Self, cast
 
 import aiomqtt
 
 from koala_async.core.backoff import Backoff
 from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
+from koala_async.io.address import BrokerAddress, parse_brokers
+from koala_async.io.negotiate import (
+    MQTT_5,
+    MQTT_311,
+    VERSION_NAMES,
+    client_options,
+    fail_fast_before_connack,
+    publish_properties,
+    refused_version,
+)
+from koala_async.io.tasks import stop_tasks
+
+__all__ = ["BrokerAddress", "Incoming", "Transport", "TransportStats", "Will", "parse_brokers", "stop_tasks"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where and how to reach a broker: ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://``."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-
-    @classmethod
-    def parse(cls, url: str, **extra: object) -> BrokerAddress:
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ConfigError(f"broker URL {url!r}: bad port") from None
-        return cls(host=parts.hostname or "127.0.0.1", port=port,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None,
-                   tls=tls, **extra)  # type: ignore[arg-type]
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        ctx = ssl.create_default_context(cafile=self.ca_file)
-        if self.cert_file:
-            ctx.load_cert_chain(self.cert_file, self.key_file)
-        if self.tls_insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
 
 @dataclass(frozen=True)
@@ -102,6 +73,9 @@ class TransportStats:
     unsolicited: int = 0  # messages on topics we never subscribed to (dropped)
     handler_errors: int = 0  # messages the handler raised on (logged, dropped)
     last_error: str = ""
+    broker: str = ""  # the address of the broker it is (or was last) connected to
+    mqtt_version: int = 0  # that connection's protocol: 5, or 4 for 3.1.1 (0 before the first)
+    failovers: int = 0  # connections made to a different broker than the one before
     by_topic_out: dict[str, int] = field(default_factory=dict)
 
 
@@ -131,42 +105,30 @@ async def _bounded(call: Awaitable[object], seconds: float, what: str) -> None:
         raise aiomqtt.MqttError(f"{what}: operation timed out") from None
 
 
-async def stop_tasks(tasks: list[asyncio.Task[None]], *, grace: float = 10.0, what: str = "tasks") -> None:
-    """Cancel ``tasks`` and wait until they are done, cancelling again any that carry on.
-
-    A task can swallow a ``cancel()`` (Python 3.11's ``asyncio.wait_for``, see :func:`_bounded`, is
-    one way), and a TaskGroup then waits for it forever. Re-cancelling every half second makes such a
-    task stop at its next await. Gives up after ``grace`` seconds (logged) rather than wait forever.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    pending = {t for t in tasks if not t.done()}
-    rounds = 0
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-        rounds += 1
-        if pending and rounds == 1:
-            log.warning("%s still running after cancel(): %s; cancelling again", what,
-                        ", ".join(sorted(t.get_name() for t in pending)))
-        if pending and loop.time() > deadline:
-            log.error("%s did not stop within %.0fs: %s", what, grace,
-                      ", ".join(sorted(t.get_name() for t in pending)))
-            return
-
-
 class Transport:
-    """A resilient MQTT connection. Use ``async with Transport(...) as t:``."""
+    """A resilient MQTT connection to one broker out of ``address`` (one or several, in failover order).
 
-    def __init__(self, address: BrokerAddress, client_id: str, *, will: Will | None = None,
-                 subscriptions: tuple[tuple[str, int], ...] = (),
-                 on_connect: Callable[[Transport], Awaitable[None]] | None = None,
+    Use ``async with Transport(...) as t:``. ``mqtt_version`` None negotiates (5, else 3.1.1); 5 or 4
+    (3.1.1) insists. ``session_expiry`` (seconds) is how long an MQTT 5 broker keeps a persistent
+    session (``clean_session=False``) after a disconnect; 3.1.1 keeps one until it is resumed.
+    """
+
+    def __init__(self, address: BrokerAddress | Sequence[BrokerAddress], client_id: str, *,
+                 will: Will | None = None, subscriptions: tuple[tuple[str, int], ...] = (),
+                 on_connect: Callable[[Transport], Coroutine[Any, Any, None]] | None = None,
                  clean_session: bool = True, keepalive: int = 30, queue_size: int = 10_000,
-                 backoff: Backoff = Backoff(), seed: int | None = None,
+                 backoff: Backoff | None = None, seed: int | None = None,
                  on_link: Callable[[bool, str], None] | None = None,
-                 handler: Callable[[Incoming], None] | None = None) -> None:
-        self.address = address
+                 handler: Callable[[Incoming], None] | None = None,
+                 mqtt_version: int | None = None, session_expiry: int = 86_400) -> None:
+        self.addresses = (address,) if isinstance(address, BrokerAddress) else tuple(address)
+        if not self.addresses:
+            raise ConfigError(f"transport {client_id}: no broker address given")
+        if mqtt_version not in (None, MQTT_5, MQTT_311):
+            raise ConfigError(f"transport {client_id}: mqtt_version must be 5, 4 (3.1.1) or None, "
+                              f"not {mqtt_version!r}")
+        if not 0 <= session_expiry <= 0xFFFFFFFF:
+            raise ConfigError(f"transport {client_id}: session_expiry {session_expiry} is out of range")
         self.client_id = client_id
         self.will = will
         self.subscriptions = subscriptions
@@ -178,18 +140,30 @@ class Transport:
         self.handler = handler
         self.clean_session = clean_session
         self.keepalive = keepalive
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
+        self.mqtt_version = mqtt_version
+        self.session_expiry = session_expiry
         self.stats = TransportStats()
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
         self._wanted: dict[str, bool] = {}  # topic -> matches a subscription (bounded cache)
         self._client: aiomqtt.Client | None = None
+        self._version = MQTT_311  # the protocol _client speaks
+        self._index = 0  # into addresses: the broker in use or being tried
+        self._versions: dict[BrokerAddress, int] = {}  # brokers found to refuse MQTT 5
+        self._unconfirmed: set[BrokerAddress] = set()  # ... where 3.1.1 has not worked yet either
+        self._errors: dict[str, str] = {}  # address -> its last error, since the last good connection
         self._rng = random.Random(seed)
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._hook: asyncio.Task[None] | None = None  # the latest on_connect
 
-    async def __aenter__(self) -> Transport:
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker in use, or the one being tried next while disconnected."""
+        return self.addresses[self._index]
+
+    async def __aenter__(self) -> Self:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self._run(), name=f"mqtt-{self.client_id}")
@@ -202,50 +176,82 @@ class Transport:
         await self._tasks.__aexit__(None, None, None)
 
     async def _run(self) -> None:
-        attempt = 0
+        failures = 0  # failed tries since the last good connection
         while True:
+            address = self.address
+            version = self.mqtt_version or self._versions.get(address, MQTT_5)
             try:
-                inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-                async with self._make_client(inbox) as client:
-                    self._client = client
-                    for topic, qos in self.subscriptions:
-                        await _bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
-                                       f"subscribe to {topic}")
-                    self.stats.connects += 1
-                    attempt = 0
-                    log.info("%s connected to %s", self.client_id, self.address)
-                    self.connected.set()
-                    if self.on_link is not None:
-                        self.on_link(True, str(self.address))
-                    # on_connect publishes (retained state): it runs beside the message pump, so a link
-                    # that dies meanwhile is still noticed and on_connect is cancelled with it.
-                    hook = None
-                    if self.on_connect is not None:
-                        assert self._tasks is not None
-                        hook = self._hook = self._tasks.create_task(self.on_connect(self),
-                                                                     name=f"on-connect-{self.client_id}")
-                    try:
-                        await self._pump(client, inbox)
-                    finally:
-                        if hook is not None:
-                            hook.cancel()
+                await self._connection(address, version)
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 self._client = None
-                self.stats.last_error = str(exc)
-                delay = self.backoff.delay(attempt, self._rng)
-                attempt += 1
+                self.stats.last_error = f"{address}: {exc}"
+                self._errors[str(address)] = str(exc)
+                if not was_connected and version == MQTT_5 and self.mqtt_version is None \
+                        and refused_version(exc):
+                    log.info("%s: %s refused MQTT 5 (%s); trying 3.1.1", self.client_id, address, exc)
+                    self._versions[address] = MQTT_311
+                    self._unconfirmed.add(address)
+                    continue  # the broker answered: ask again at once, in the version it speaks
+                if address in self._unconfirmed and not was_connected:
+                    # 3.1.1 failed as well, so the refusal was not about the version: ask for 5 next time
+                    self._unconfirmed.discard(address)
+                    self._versions.pop(address, None)
+                if was_connected:
+                    failures = 0
+                self._index = (self._index + 1) % len(self.addresses)
+                # one full round of the list per backoff step: each broker is tried once a round
+                delay = self.backoff.delay(failures // len(self.addresses), self._rng)
+                failures += 1
                 if was_connected:
                     self.stats.disconnects += 1
                     if self.on_link is not None:
                         self.on_link(False, str(exc))
-                    log.warning("%s lost the broker at %s (%s); reconnecting in %.1fs",
-                                self.client_id, self.address, exc, delay)
+                    log.warning("%s lost the broker at %s (%s); reconnecting to %s in %.1fs",
+                                self.client_id, address, exc, self.address, delay)
                 else:
-                    err = BrokerUnavailable(str(self.address), str(exc))
-                    log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
+                    log.warning("%s: %s; trying %s in %.1fs", self.client_id,
+                                BrokerUnavailable(str(address), str(exc)), self.address, delay)
                 await asyncio.sleep(delay)
+
+    async def _connection(self, address: BrokerAddress, version: int) -> None:
+        """Connect to ``address``, subscribe, start on_connect and pump messages until the link drops."""
+        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        async with self._make_client(address, version, inbox) as client:
+            self._client, self._version = client, version
+            for topic, qos in self.subscriptions:
+                await _bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
+                               f"subscribe to {topic}")
+            self._connected_to(address, version)
+            # on_connect publishes (retained state): it runs beside the message pump, so a link that
+            # dies meanwhile is still noticed and on_connect is cancelled with it.
+            hook = None
+            if self.on_connect is not None:
+                assert self._tasks is not None
+                hook = self._hook = self._tasks.create_task(self.on_connect(self),
+                                                             name=f"on-connect-{self.client_id}")
+            try:
+                await self._pump(client, inbox)
+            finally:
+                if hook is not None:
+                    hook.cancel()
+
+    def _connected_to(self, address: BrokerAddress, version: int) -> None:
+        stats = self.stats
+        if address in self._unconfirmed:
+            self._unconfirmed.discard(address)
+            log.info("%s: %s speaks MQTT 3.1.1 only; it will not be asked for 5 again", self.client_id, address)
+        if stats.broker and stats.broker != str(address):
+            stats.failovers += 1
+            log.warning("%s failed over from %s to %s", self.client_id, stats.broker, address)
+        stats.connects += 1
+        stats.broker, stats.mqtt_version = str(address), version
+        self._errors.clear()
+        log.info("%s connected to %s (MQTT %s)", self.client_id, address, VERSION_NAMES[version])
+        self.connected.set()
+        if self.on_link is not None:
+            self.on_link(True, str(address))
 
     def _subscribed(self, topic: aiomqtt.Topic) -> bool:
         """Whether ``topic`` matches one of our filters; cached per topic, as matching costs more
@@ -309,24 +315,31 @@ class Transport:
         stats.bytes_in += len(payload)
         return Incoming(message.topic.value, bytes(payload), message.retain)
 
-    def _make_client(self, inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
-        a = self.address
+    def _make_client(self, address: BrokerAddress, version: int,
+                     inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
         will = None
         if self.will is not None:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        return aiomqtt.Client(
-            a.host, a.port, username=a.username, password=a.password, identifier=self.client_id,
-            will=will, clean_session=self.clean_session, keepalive=self.keepalive,
-            tls_context=a.tls_context(), timeout=10,
+        client = aiomqtt.Client(
+            address.host, address.port, username=address.username, password=address.password,
+            identifier=self.client_id, will=will, keepalive=self.keepalive,
+            tls_context=address.tls_context(), timeout=10,
             # aiomqtt builds its incoming queue from this (a documented parameter): hand it ours
-            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox))
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox),
+            **client_options(version, clean_session=self.clean_session, session_expiry=self.session_expiry))
+        fail_fast_before_connack(client)
+        return client
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      timeout: float | None = None) -> None:
+                      timeout: float | None = None, expiry: float | None = None) -> None:
         """Publish, waiting for a connection and retrying until the broker acknowledges (QoS >= 1).
 
-        With ``timeout`` a publish that cannot complete in time raises ``TransportError``.
+        With ``timeout`` a publish that cannot complete in time raises ``TransportError``. With
+        ``expiry`` (seconds, rounded up) an MQTT 5 broker discards the message once it has waited that
+        long for a subscriber (retained copies included); a 3.1.1 link carries no expiry and ignores it.
         """
+        if expiry is not None and not expiry > 0:
+            raise ValueError(f"publish to {topic}: expiry must be a positive number of seconds, not {expiry!r}")
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -335,8 +348,10 @@ class Transport:
                     if client is None:
                         await asyncio.sleep(0.05)
                         continue
+                    properties = publish_properties(self._version, expiry)
                     try:
-                        await _bounded(client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf),
+                        await _bounded(client.publish(topic, payload, qos=qos, retain=retain,
+                                                      properties=properties, timeout=math.inf),
                                        _ACK_TIMEOUT, f"publish to {topic}")
                     except aiomqtt.MqttError as exc:
                         self.stats.publish_retries += 1
@@ -357,8 +372,17 @@ class Transport:
             yield await self._queue.get()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait for a connection; :class:`BrokerUnavailable` naming every address tried when none came."""
         try:
             async with asyncio.timeout(timeout):
                 await self.connected.wait()
         except TimeoutError:
-            raise BrokerUnavailable(str(self.address), self.stats.last_error or "timed out") from None
+            raise self.unavailable() from None
+
+    def unavailable(self) -> BrokerUnavailable:
+        """The error to raise when no broker answers: every address, and what each last said."""
+        where = ", ".join(str(a) for a in self.addresses)
+        if len(self.addresses) == 1:
+            return BrokerUnavailable(where, self._errors.get(where) or "timed out")
+        cause = "; ".join(f"{addr}: {err}" for addr, err in self._errors.items()) or "timed out"
+        return BrokerUnavailable(where, cause)
