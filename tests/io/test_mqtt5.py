@@ -35,8 +35,12 @@ async def expired_while_away(url: str, mqtt_version: int | None) -> tuple[Transp
     """Which of three updates a persistent subscriber gets after 2 s away: one that expires after 1 s,
     one after 60 s, one never."""
     addr = BrokerAddress.parse(url)
-    kwargs = dict(clean_session=False, subscriptions=(("e/#", 1),), backoff=FAST, mqtt_version=mqtt_version)
-    async with Transport(addr, "late-sub", **kwargs) as sub:  # type: ignore[arg-type]
+
+    def subscriber() -> Transport:
+        return Transport(addr, "late-sub", clean_session=False, subscriptions=(("e/#", 1),), backoff=FAST,
+                         mqtt_version=mqtt_version)
+
+    async with subscriber() as sub:
         await sub.wait_connected(10)
     async with Transport(addr, "pub", backoff=FAST, mqtt_version=mqtt_version) as pub:
         await pub.wait_connected(10)
@@ -44,7 +48,7 @@ async def expired_while_away(url: str, mqtt_version: int | None) -> tuple[Transp
         await pub.publish("e/long", b"l", expiry=60)
         await pub.publish("e/forever", b"f")
     await asyncio.sleep(2.2)
-    async with Transport(addr, "late-sub", **kwargs) as sub:  # type: ignore[arg-type]
+    async with subscriber() as sub:
         await sub.wait_connected(10)
         got = {m.topic for m in await collect(sub, quiet=1.0)}
     return sub, got
