@@ -86,7 +86,8 @@ _DRAIN_SLICE = 256
 _ACK_TIMEOUT = 10.0
 
 
-async def _bounded(call: Awaitable[object], seconds: float, what: str) -> None:
+async def _bounded(call: Awaitable[object], seconds: float, what: str,
+                   inflight: set[asyncio.Timeout] | None = None) -> None:
     """Await an aiomqtt call made with ``timeout=math.inf``, bounded here by ``asyncio.timeout``.
 
     Workaround for a lost cancellation: aiomqtt 2.5 waits for a PUBACK/SUBACK with
@@ -97,12 +98,22 @@ async def _bounded(call: Awaitable[object], seconds: float, what: str) -> None:
     ``ServerNode`` shutdown hung (seen in the ingest benchmark, which stops the server while acks are
     still being published). With ``timeout=math.inf`` aiomqtt awaits the event directly, which
     propagates cancellation; ``asyncio.timeout`` (unlike 3.11's ``wait_for``) does not lose it.
+
+    The deadline is kept in ``inflight`` while the call waits: aiomqtt never fails a pending publish
+    when its link drops, so the transport expires these deadlines itself then (see ``_expire_inflight``)
+    and the publish is retried on the next connection at once instead of after ``seconds``.
     """
     try:
-        async with asyncio.timeout(seconds):
-            await call
+        async with asyncio.timeout(seconds) as deadline:
+            if inflight is not None:
+                inflight.add(deadline)
+            try:
+                await call
+            finally:
+                if inflight is not None:
+                    inflight.discard(deadline)
     except TimeoutError:
-        raise aiomqtt.MqttError(f"{what}: operation timed out") from None
+        raise aiomqtt.MqttError(f"{what}: no acknowledgement (timed out, or the link dropped)") from None
 
 
 class Transport:
@@ -157,6 +168,7 @@ class Transport:
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._hook: asyncio.Task[None] | None = None  # the latest on_connect
+        self._inflight: set[asyncio.Timeout] = set()  # ack deadlines of publishes on the current link
 
     @property
     def address(self) -> BrokerAddress:
@@ -186,6 +198,7 @@ class Transport:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 self._client = None
+                self._expire_inflight()
                 self.stats.last_error = f"{address}: {exc}"
                 self._errors[str(address)] = str(exc)
                 if not was_connected and version == MQTT_5 and self.mqtt_version is None \
@@ -214,6 +227,13 @@ class Transport:
                     log.warning("%s: %s; trying %s in %.1fs", self.client_id,
                                 BrokerUnavailable(str(address), str(exc)), self.address, delay)
                 await asyncio.sleep(delay)
+
+    def _expire_inflight(self) -> None:
+        """Publishes still waiting for an acknowledgement on a dropped link: stop waiting, retry now."""
+        dropped, self._inflight = self._inflight, set()
+        now = asyncio.get_running_loop().time()
+        for deadline in dropped:
+            deadline.reschedule(now)
 
     async def _connection(self, address: BrokerAddress, version: int) -> None:
         """Connect to ``address``, subscribe, start on_connect and pump messages until the link drops."""
@@ -352,7 +372,7 @@ class Transport:
                     try:
                         await _bounded(client.publish(topic, payload, qos=qos, retain=retain,
                                                       properties=properties, timeout=math.inf),
-                                       _ACK_TIMEOUT, f"publish to {topic}")
+                                       _ACK_TIMEOUT, f"publish to {topic}", self._inflight)
                     except aiomqtt.MqttError as exc:
                         self.stats.publish_retries += 1
                         self.stats.last_error = str(exc)

@@ -112,3 +112,26 @@ async def test_no_broker_reachable_names_every_address_tried() -> None:
 def test_a_transport_needs_at_least_one_broker() -> None:
     with pytest.raises(ConfigError, match="no broker address"):
         Transport((), "nobody")
+
+
+async def test_a_publish_in_flight_when_the_link_drops_is_retried_on_the_next_broker_at_once(
+        mosquitto_factory: StartMosquitto) -> None:
+    """aiomqtt never fails a publish whose link dropped before the PUBACK: without the transport's
+    help it waited out the whole 10 s acknowledgement timeout before trying again on the new broker."""
+    from koala_async.tools.linkproxy import LinkProxy
+
+    (url_a, _), (url_b, _) = mosquitto_factory(), mosquitto_factory()
+    async with LinkProxy(BrokerAddress.parse(url_a).port, delay=0.5) as slow_link, \
+            Transport(BrokerAddress.parse(url_b), "watcher", subscriptions=(("f/#", 1),), backoff=FAST) as watcher:
+        await watcher.wait_connected(10)
+        async with Transport(parse_brokers([slow_link.url, url_b]), "node", backoff=FAST) as t:
+            await t.wait_connected(10)
+            publish = asyncio.create_task(t.publish("f/x", b"in flight", timeout=8))
+            await asyncio.sleep(0.3)  # sent; its PUBACK is at least 0.7 s away
+            started = asyncio.get_running_loop().time()
+            slow_link.cut()
+            await publish
+            took = asyncio.get_running_loop().time() - started
+            assert t.stats.broker == url_b and t.stats.publish_retries >= 1
+            assert took < 3, f"the publish was retried {took:.1f}s after the link dropped"
+        assert (await next_message(watcher)).payload == b"in flight"
