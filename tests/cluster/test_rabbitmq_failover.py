@@ -16,7 +16,7 @@ from rabbit_cluster import RabbitCluster
 from koala_async.core.backoff import Backoff
 from koala_async.io.transport import Incoming, Transport, parse_brokers
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.timeout(300)]
 
 PUBLISHERS = 4
 AFTER_KILL = 100  # acknowledged publishes each publisher must make after the kill
