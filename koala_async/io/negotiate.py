@@ -32,9 +32,6 @@ VERSION_NAMES = {MQTT_5: "5", MQTT_311: "3.1.1"}
 _UNSUPPORTED_VERSION = {1, 0x84}
 _CLOSED_BEFORE_CONNACK = "connection closed before CONNACK"
 
-# Publish properties by expiry in seconds: a node publishes with a handful of expiries, so build each once.
-_expiry_properties: dict[int, Properties] = {}
-
 
 def refused_version(exc: BaseException) -> bool:
     """Whether a failed connect means the broker does not speak the version we asked for."""
@@ -64,13 +61,8 @@ def publish_properties(version: int, expiry: float | None) -> Properties | None:
     """The PUBLISH properties that carry ``expiry`` (seconds, rounded up) on a v5 link; None on 3.1.1."""
     if expiry is None or version != MQTT_5:
         return None
-    seconds = max(1, math.ceil(expiry))
-    props = _expiry_properties.get(seconds)
-    if props is None:
-        props = Properties(PacketTypes.PUBLISH)
-        props.MessageExpiryInterval = seconds
-        if len(_expiry_properties) < 1000:
-            _expiry_properties[seconds] = props
+    props = Properties(PacketTypes.PUBLISH)  # a few microseconds, on updates only: not worth a cache
+    props.MessageExpiryInterval = max(1, math.ceil(expiry))
     return props
 
 
