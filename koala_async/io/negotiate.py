@@ -1,11 +1,22 @@
 """Which MQTT version a connection speaks, and what each version needs from aiomqtt.
 
 The transport tries MQTT 5 first and falls back to 3.1.1 where the broker refuses it. Brokers refuse
-in two ways, both seen here: amqtt 0.12 answers a v5 CONNECT with CONNACK code 1 ("unacceptable
-protocol version", which paho reports as v5 reason code 132), and RabbitMQ 3.10's MQTT plugin closes
-the socket without any CONNACK. aiomqtt 2.5 ignores a disconnect that comes before the CONNACK and
-waits out its whole connect timeout (10 s a try); :func:`fail_fast_before_connack` makes that close
-an immediate, recognisable error instead.
+in three ways, all seen here:
+
+- amqtt 0.12 answers a v5 CONNECT with CONNACK code 1 ("unacceptable protocol version", which paho
+  reports as v5 reason code 132) ...
+- ... unless the CONNECT carries a will: then it misreads the v5 will properties as the 3.1.1 will
+  topic and message lengths and waits for bytes that never come, answering nothing. So a first v5
+  try at a broker waits only ``V5_PROBE_SECONDS`` for its CONNACK, and silence counts as a refusal.
+- RabbitMQ 3.10's MQTT plugin closes the socket without any CONNACK. aiomqtt 2.5 ignores a
+  disconnect that comes before the CONNACK and waits out its whole connect timeout;
+  :func:`fail_fast_before_connack` makes that close an immediate, recognisable error instead.
+
+A fallback is remembered (per transport, per address) only once 3.1.1 has connected there, so a
+broker that was merely down or slow is asked for 5 again next time. A broker that speaks 5 but took
+longer than the probe window to answer is spoken to in 3.1.1 from then on: slower links lose message
+expiry, nothing else. A node that knows its broker (the embedded amqtt one) can skip the probe by
+asking for 3.1.1 outright (``Transport(mqtt_version=4)``).
 
 MQTT 5 features used: a message expiry interval on publishes that ask for one (a broker drops a stale
 update rather than deliver it late) and a session expiry interval for persistent sessions (3.1.1's
@@ -31,14 +42,21 @@ VERSION_NAMES = {MQTT_5: "5", MQTT_311: "3.1.1"}
 # CONNACK return code 1 (3.1.1) and reason code 0x84 (v5): the broker does not speak this version.
 _UNSUPPORTED_VERSION = {1, 0x84}
 _CLOSED_BEFORE_CONNACK = "connection closed before CONNACK"
+_NO_CONNACK = "Operation timed out"  # aiomqtt 2.5's error when the CONNACK wait times out
+
+# How long a first MQTT 5 CONNECT at a broker waits for an answer (a CONNACK normally takes one round trip).
+V5_PROBE_SECONDS = 2.0
 
 
-def refused_version(exc: BaseException) -> bool:
-    """Whether a failed connect means the broker does not speak the version we asked for."""
+def refused_version(exc: BaseException, *, probing: bool = False) -> bool:
+    """Whether a failed connect means the broker does not speak the version we asked for; with
+    ``probing`` (a first v5 try), silence until the probe window closed counts as a refusal too."""
     if isinstance(exc, MqttConnectError):
         rc = exc.rc.value if isinstance(exc.rc, ReasonCode) else exc.rc
         return rc in _UNSUPPORTED_VERSION
-    return isinstance(exc, aiomqtt.MqttError) and str(exc) == _CLOSED_BEFORE_CONNACK
+    if not isinstance(exc, aiomqtt.MqttError):
+        return False
+    return str(exc) == _CLOSED_BEFORE_CONNACK or (probing and str(exc) == _NO_CONNACK)
 
 
 def client_options(version: int, *, clean_session: bool, session_expiry: int) -> dict[str, Any]:

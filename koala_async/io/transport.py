@@ -19,7 +19,7 @@ import asyncio
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Self, cast
 
@@ -31,13 +31,14 @@ from koala_async.io.address import BrokerAddress, parse_brokers
 from koala_async.io.negotiate import (
     MQTT_5,
     MQTT_311,
+    V5_PROBE_SECONDS,
     VERSION_NAMES,
     client_options,
     fail_fast_before_connack,
     publish_properties,
     refused_version,
 )
-from koala_async.io.tasks import stop_tasks
+from koala_async.io.tasks import bounded, stop_tasks
 
 __all__ = ["BrokerAddress", "Incoming", "Transport", "TransportStats", "Will", "parse_brokers", "stop_tasks"]
 
@@ -84,36 +85,8 @@ _DRAIN_SLICE = 256
 
 # How long one publish/subscribe waits for the broker's acknowledgement before it counts as failed.
 _ACK_TIMEOUT = 10.0
-
-
-async def _bounded(call: Awaitable[object], seconds: float, what: str,
-                   inflight: set[asyncio.Timeout] | None = None) -> None:
-    """Await an aiomqtt call made with ``timeout=math.inf``, bounded here by ``asyncio.timeout``.
-
-    Workaround for a lost cancellation: aiomqtt 2.5 waits for a PUBACK/SUBACK with
-    ``asyncio.wait_for(event.wait(), timeout)``, and on Python 3.11 ``wait_for`` *swallows* a
-    ``cancel()`` that arrives in the same event-loop iteration as the acknowledgement (it returns the
-    result instead of raising ``CancelledError``). The cancelled task then carries on: the server's
-    ack sender went back to ``queue.get()`` for good, its TaskGroup waited for it forever and
-    ``ServerNode`` shutdown hung (seen in the ingest benchmark, which stops the server while acks are
-    still being published). With ``timeout=math.inf`` aiomqtt awaits the event directly, which
-    propagates cancellation; ``asyncio.timeout`` (unlike 3.11's ``wait_for``) does not lose it.
-
-    The deadline is kept in ``inflight`` while the call waits: aiomqtt never fails a pending publish
-    when its link drops, so the transport expires these deadlines itself then (see ``_expire_inflight``)
-    and the publish is retried on the next connection at once instead of after ``seconds``.
-    """
-    try:
-        async with asyncio.timeout(seconds) as deadline:
-            if inflight is not None:
-                inflight.add(deadline)
-            try:
-                await call
-            finally:
-                if inflight is not None:
-                    inflight.discard(deadline)
-    except TimeoutError:
-        raise aiomqtt.MqttError(f"{what}: no acknowledgement (timed out, or the link dropped)") from None
+# How long a connect waits for the CONNACK (a first MQTT 5 try waits V5_PROBE_SECONDS instead).
+_CONNECT_TIMEOUT = 10.0
 
 
 class Transport:
@@ -161,8 +134,8 @@ class Transport:
         self._client: aiomqtt.Client | None = None
         self._version = MQTT_311  # the protocol _client speaks
         self._index = 0  # into addresses: the broker in use or being tried
-        self._versions: dict[BrokerAddress, int] = {}  # brokers found to refuse MQTT 5
-        self._unconfirmed: set[BrokerAddress] = set()  # ... where 3.1.1 has not worked yet either
+        self._speaks: dict[BrokerAddress, int] = {}  # the version each broker last connected with
+        self._fallback: set[BrokerAddress] = set()  # refused 5, and 3.1.1 not tried there yet
         self._errors: dict[str, str] = {}  # address -> its last error, since the last good connection
         self._rng = random.Random(seed)
         self._tasks: asyncio.TaskGroup | None = None
@@ -191,9 +164,12 @@ class Transport:
         failures = 0  # failed tries since the last good connection
         while True:
             address = self.address
-            version = self.mqtt_version or self._versions.get(address, MQTT_5)
+            version = self.mqtt_version or self._speaks.get(address) or \
+                (MQTT_311 if address in self._fallback else MQTT_5)
+            # asking a broker for 5 for the first time: it may neither answer nor hang up (see negotiate)
+            probing = version == MQTT_5 and self.mqtt_version is None and address not in self._speaks
             try:
-                await self._connection(address, version)
+                await self._connection(address, version, V5_PROBE_SECONDS if probing else _CONNECT_TIMEOUT)
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
@@ -201,16 +177,13 @@ class Transport:
                 self._expire_inflight()
                 self.stats.last_error = f"{address}: {exc}"
                 self._errors[str(address)] = str(exc)
-                if not was_connected and version == MQTT_5 and self.mqtt_version is None \
-                        and refused_version(exc):
+                if probing and not was_connected and refused_version(exc, probing=True):
                     log.info("%s: %s refused MQTT 5 (%s); trying 3.1.1", self.client_id, address, exc)
-                    self._versions[address] = MQTT_311
-                    self._unconfirmed.add(address)
-                    continue  # the broker answered: ask again at once, in the version it speaks
-                if address in self._unconfirmed and not was_connected:
+                    self._fallback.add(address)
+                    continue  # the broker answered (or stayed silent): ask again at once, in 3.1.1
+                if address in self._fallback and not was_connected:
                     # 3.1.1 failed as well, so the refusal was not about the version: ask for 5 next time
-                    self._unconfirmed.discard(address)
-                    self._versions.pop(address, None)
+                    self._fallback.discard(address)
                 if was_connected:
                     failures = 0
                 self._index = (self._index + 1) % len(self.addresses)
@@ -235,13 +208,13 @@ class Transport:
         for deadline in dropped:
             deadline.reschedule(now)
 
-    async def _connection(self, address: BrokerAddress, version: int) -> None:
+    async def _connection(self, address: BrokerAddress, version: int, connack_timeout: float) -> None:
         """Connect to ``address``, subscribe, start on_connect and pump messages until the link drops."""
         inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-        async with self._make_client(address, version, inbox) as client:
+        async with self._make_client(address, version, connack_timeout, inbox) as client:
             self._client, self._version = client, version
             for topic, qos in self.subscriptions:
-                await _bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
+                await bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
                                f"subscribe to {topic}")
             self._connected_to(address, version)
             # on_connect publishes (retained state): it runs beside the message pump, so a link that
@@ -259,9 +232,10 @@ class Transport:
 
     def _connected_to(self, address: BrokerAddress, version: int) -> None:
         stats = self.stats
-        if address in self._unconfirmed:
-            self._unconfirmed.discard(address)
+        if address in self._fallback:
+            self._fallback.discard(address)
             log.info("%s: %s speaks MQTT 3.1.1 only; it will not be asked for 5 again", self.client_id, address)
+        self._speaks[address] = version
         if stats.broker and stats.broker != str(address):
             stats.failovers += 1
             log.warning("%s failed over from %s to %s", self.client_id, stats.broker, address)
@@ -335,7 +309,7 @@ class Transport:
         stats.bytes_in += len(payload)
         return Incoming(message.topic.value, bytes(payload), message.retain)
 
-    def _make_client(self, address: BrokerAddress, version: int,
+    def _make_client(self, address: BrokerAddress, version: int, connack_timeout: float,
                      inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
         will = None
         if self.will is not None:
@@ -343,7 +317,8 @@ class Transport:
         client = aiomqtt.Client(
             address.host, address.port, username=address.username, password=address.password,
             identifier=self.client_id, will=will, keepalive=self.keepalive,
-            tls_context=address.tls_context(), timeout=10,
+            # aiomqtt's timeout bounds only the wait for the CONNACK here: every other call passes its own
+            tls_context=address.tls_context(), timeout=connack_timeout,
             # aiomqtt builds its incoming queue from this (a documented parameter): hand it ours
             queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox),
             **client_options(version, clean_session=self.clean_session, session_expiry=self.session_expiry))
@@ -370,7 +345,7 @@ class Transport:
                         continue
                     properties = publish_properties(self._version, expiry)
                     try:
-                        await _bounded(client.publish(topic, payload, qos=qos, retain=retain,
+                        await bounded(client.publish(topic, payload, qos=qos, retain=retain,
                                                       properties=properties, timeout=math.inf),
                                        _ACK_TIMEOUT, f"publish to {topic}", self._inflight)
                     except aiomqtt.MqttError as exc:

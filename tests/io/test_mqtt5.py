@@ -14,7 +14,8 @@ import pytest
 
 from koala_async.core.backoff import Backoff
 from koala_async.io.broker import EmbeddedBroker, free_port
-from koala_async.io.transport import BrokerAddress, Incoming, Transport
+from koala_async.io.negotiate import V5_PROBE_SECONDS
+from koala_async.io.transport import BrokerAddress, Incoming, Transport, Will
 
 FAST = Backoff(initial=0.1, cap=0.4)
 
@@ -116,6 +117,23 @@ async def test_amqtt_refuses_5_so_the_transport_speaks_3_1_1_and_remembers(
                 await broker.__aexit__(None, None, None)
     refusals = [r.getMessage() for r in caplog.records if "refused MQTT 5" in r.getMessage()]
     assert len([r for r in refusals if r.startswith("t311:")]) == 1, refusals
+
+
+async def test_amqtt_answers_nothing_to_a_v5_connect_with_a_will_so_the_probe_window_decides(
+        embedded_broker: EmbeddedBroker) -> None:
+    # amqtt misreads a v5 will and waits for bytes that never come: without the probe window the
+    # transport waited out 10 s connect timeouts on v5 forever and never connected
+    addr = BrokerAddress.parse(embedded_broker.url)
+    will = Will("w/status", b"lost")
+    started = time.monotonic()
+    async with Transport(addr, "t-will", will=will, backoff=FAST) as t:
+        await t.wait_connected(V5_PROBE_SECONDS + 8)
+        assert t.stats.mqtt_version == 4
+        assert time.monotonic() - started < V5_PROBE_SECONDS + 3
+    async with Transport(addr, "t-known", will=will, backoff=FAST, mqtt_version=4) as known:
+        started = time.monotonic()
+        await known.wait_connected(5)
+        assert time.monotonic() - started < 1  # asking for 3.1.1 outright skips the probe
 
 
 @contextlib.asynccontextmanager
