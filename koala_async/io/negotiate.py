@@ -102,3 +102,13 @@ def fail_fast_before_connack(client: aiomqtt.Client) -> None:
         on_disconnect(paho_client, userdata, flags, reason, props)
 
     paho.on_disconnect = closed
+
+
+def close_socket(client: aiomqtt.Client) -> None:
+    """Close ``client``'s socket if a failed connect left it open (idempotent).
+
+    aiomqtt 2.5 leaves the socket, its reader and its ``_misc_loop`` task behind when the wait for a
+    CONNACK times out, which a probe at a silent broker makes routine; paho's ``_sock_close`` (private,
+    paho 2.x) closes the socket and has aiomqtt unregister the reader and cancel that task.
+    """
+    client._client._sock_close()

@@ -34,6 +34,7 @@ from koala_async.io.negotiate import (
     V5_PROBE_SECONDS,
     VERSION_NAMES,
     client_options,
+    close_socket,
     fail_fast_before_connack,
     publish_properties,
     refused_version,
@@ -211,24 +212,28 @@ class Transport:
     async def _connection(self, address: BrokerAddress, version: int, connack_timeout: float) -> None:
         """Connect to ``address``, subscribe, start on_connect and pump messages until the link drops."""
         inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-        async with self._make_client(address, version, connack_timeout, inbox) as client:
-            self._client, self._version = client, version
-            for topic, qos in self.subscriptions:
-                await bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
-                               f"subscribe to {topic}")
-            self._connected_to(address, version)
-            # on_connect publishes (retained state): it runs beside the message pump, so a link that
-            # dies meanwhile is still noticed and on_connect is cancelled with it.
-            hook = None
-            if self.on_connect is not None:
-                assert self._tasks is not None
-                hook = self._hook = self._tasks.create_task(self.on_connect(self),
-                                                             name=f"on-connect-{self.client_id}")
-            try:
-                await self._pump(client, inbox)
-            finally:
-                if hook is not None:
-                    hook.cancel()
+        client = self._make_client(address, version, connack_timeout, inbox)
+        try:
+            async with client:
+                self._client, self._version = client, version
+                for topic, qos in self.subscriptions:
+                    await bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
+                                  f"subscribe to {topic}")
+                self._connected_to(address, version)
+                # on_connect publishes (retained state): it runs beside the message pump, so a link that
+                # dies meanwhile is still noticed and on_connect is cancelled with it.
+                hook = None
+                if self.on_connect is not None:
+                    assert self._tasks is not None
+                    hook = self._hook = self._tasks.create_task(self.on_connect(self),
+                                                                 name=f"on-connect-{self.client_id}")
+                try:
+                    await self._pump(client, inbox)
+                finally:
+                    if hook is not None:
+                        hook.cancel()
+        finally:
+            close_socket(client)  # a connect that timed out leaves it open
 
     def _connected_to(self, address: BrokerAddress, version: int) -> None:
         stats = self.stats
