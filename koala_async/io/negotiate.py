@@ -7,15 +7,16 @@ in three ways, all seen here:
   reports as v5 reason code 132) ...
 - ... unless the CONNECT carries a will: then it misreads the v5 will properties as the 3.1.1 will
   topic and message lengths and waits for bytes that never come, answering nothing. So a first v5
-  try at a broker waits only ``V5_PROBE_SECONDS`` for its CONNACK, and silence counts as a refusal.
+  try at a broker waits for its CONNACK only a few round trips (:func:`probe_window`: 0.5 s plus five
+  times what opening the socket took), and silence counts as a refusal.
 - RabbitMQ 3.10's MQTT plugin closes the socket without any CONNACK. aiomqtt 2.5 ignores a
   disconnect that comes before the CONNACK and waits out its whole connect timeout;
   :func:`fail_fast_before_connack` makes that close an immediate, recognisable error instead.
 
 A fallback is remembered (per transport, per address) only once 3.1.1 has connected there, so a
-broker that was merely down or slow is asked for 5 again next time. A broker that speaks 5 but took
-longer than the probe window to answer is spoken to in 3.1.1 from then on: slower links lose message
-expiry, nothing else. A node that knows its broker (the embedded amqtt one) can skip the probe by
+broker that was merely down is asked for 5 again next time. A broker that speaks 5 but took longer
+than the probe window to answer is spoken to in 3.1.1 from then on: it loses message expiry, nothing
+else. A node that knows its broker (the embedded amqtt one) can skip the probe by
 asking for 3.1.1 outright (``Transport(mqtt_version=4)``).
 
 MQTT 5 features used: a message expiry interval on publishes that ask for one (a broker drops a stale
@@ -26,6 +27,7 @@ update rather than deliver it late) and a session expiry interval for persistent
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import aiomqtt
@@ -44,8 +46,10 @@ _UNSUPPORTED_VERSION = {1, 0x84}
 _CLOSED_BEFORE_CONNACK = "connection closed before CONNACK"
 _NO_CONNACK = "Operation timed out"  # aiomqtt 2.5's error when the CONNACK wait times out
 
-# How long a first MQTT 5 CONNECT at a broker waits for an answer (a CONNACK normally takes one round trip).
-V5_PROBE_SECONDS = 2.0
+# A first MQTT 5 CONNECT at a broker waits this long for an answer, plus V5_PROBE_RTTS times what opening
+# the socket took (a TCP, maybe TLS, handshake: a round trip or three); a CONNACK takes one round trip.
+V5_PROBE_FLOOR = 0.5
+V5_PROBE_RTTS = 5
 
 
 def refused_version(exc: BaseException, *, probing: bool = False) -> bool:
@@ -102,6 +106,24 @@ def fail_fast_before_connack(client: aiomqtt.Client) -> None:
         on_disconnect(paho_client, userdata, flags, reason, props)
 
     paho.on_disconnect = closed
+
+
+def probe_window(client: aiomqtt.Client, cap: float) -> None:
+    """Bound ``client``'s wait for the CONNACK by the probe window, measured as it connects (at most ``cap``).
+
+    aiomqtt reads its public ``timeout`` when it starts waiting for the CONNACK, after paho opened the
+    socket in an executor thread and called ``on_socket_open`` there: the window is set in that
+    callback (read back on the event loop once the executor returns).
+    """
+    paho = client._client
+    opened: Any = paho.on_socket_open
+    started = time.monotonic()
+
+    def on_open(paho_client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        client.timeout = min(cap, V5_PROBE_FLOOR + V5_PROBE_RTTS * (time.monotonic() - started))
+        opened(paho_client, userdata, sock)
+
+    paho.on_socket_open = on_open
 
 
 def close_socket(client: aiomqtt.Client) -> None:

@@ -31,11 +31,11 @@ from koala_async.io.address import BrokerAddress, parse_brokers
 from koala_async.io.negotiate import (
     MQTT_5,
     MQTT_311,
-    V5_PROBE_SECONDS,
     VERSION_NAMES,
     client_options,
     close_socket,
     fail_fast_before_connack,
+    probe_window,
     publish_properties,
     refused_version,
 )
@@ -86,7 +86,7 @@ _DRAIN_SLICE = 256
 
 # How long one publish/subscribe waits for the broker's acknowledgement before it counts as failed.
 _ACK_TIMEOUT = 10.0
-# How long a connect waits for the CONNACK (a first MQTT 5 try waits V5_PROBE_SECONDS instead).
+# How long a connect waits for the CONNACK (a first MQTT 5 try: see negotiate.probe_window).
 _CONNECT_TIMEOUT = 10.0
 
 
@@ -170,7 +170,7 @@ class Transport:
             # asking a broker for 5 for the first time: it may neither answer nor hang up (see negotiate)
             probing = version == MQTT_5 and self.mqtt_version is None and address not in self._speaks
             try:
-                await self._connection(address, version, V5_PROBE_SECONDS if probing else _CONNECT_TIMEOUT)
+                await self._connection(address, version, probing)
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
@@ -209,10 +209,12 @@ class Transport:
         for deadline in dropped:
             deadline.reschedule(now)
 
-    async def _connection(self, address: BrokerAddress, version: int, connack_timeout: float) -> None:
+    async def _connection(self, address: BrokerAddress, version: int, probing: bool) -> None:
         """Connect to ``address``, subscribe, start on_connect and pump messages until the link drops."""
         inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-        client = self._make_client(address, version, connack_timeout, inbox)
+        client = self._make_client(address, version, inbox)
+        if probing:
+            probe_window(client, cap=_CONNECT_TIMEOUT)
         try:
             async with client:
                 self._client, self._version = client, version
@@ -314,7 +316,7 @@ class Transport:
         stats.bytes_in += len(payload)
         return Incoming(message.topic.value, bytes(payload), message.retain)
 
-    def _make_client(self, address: BrokerAddress, version: int, connack_timeout: float,
+    def _make_client(self, address: BrokerAddress, version: int,
                      inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
         will = None
         if self.will is not None:
@@ -323,7 +325,7 @@ class Transport:
             address.host, address.port, username=address.username, password=address.password,
             identifier=self.client_id, will=will, keepalive=self.keepalive,
             # aiomqtt's timeout bounds only the wait for the CONNACK here: every other call passes its own
-            tls_context=address.tls_context(), timeout=connack_timeout,
+            tls_context=address.tls_context(), timeout=_CONNECT_TIMEOUT,
             # aiomqtt builds its incoming queue from this (a documented parameter): hand it ours
             queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox),
             **client_options(version, clean_session=self.clean_session, session_expiry=self.session_expiry))
