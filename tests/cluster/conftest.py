@@ -13,7 +13,7 @@ from rabbit_cluster import RabbitCluster, rabbitmq_missing
 @pytest.fixture
 def rabbitmq_cluster(tmp_path: Path) -> Iterator[RabbitCluster]:
     """Three RabbitMQ 3.10 nodes (``a``, ``b``, ``c``) on loopback, clustered, MQTT 3.1.1 on each
-    ``node.url``; fresh data every test. About 28 s to start on 2 cores (20 s boot, 7-12 s join). Every process it started is
+    ``node.url``; fresh data every test. 18-35 s to start on 2 cores (14-23 s boot, 4-12 s join). Every process it started is
     stopped by process group when the test ends, passed, failed or interrupted.
 
     Skips where rabbitmq-server is not installed; under CI (``CI`` set) that is a failure instead, as

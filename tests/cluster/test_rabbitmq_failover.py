@@ -49,8 +49,8 @@ class Publisher:
 
 async def test_publishers_fail_over_when_their_node_dies_and_every_acked_message_arrives(
         rabbitmq_cluster: RabbitCluster) -> None:
-    """Runtime about 30 s on 2 shared cores (measured 30-32 s): 20 s to boot three nodes in parallel,
-    7-12 s to join them, 1-2 s of publishing and failover.
+    """Runtime 20-50 s on 2 shared cores (measured 19.6 s idle, 30-49 s under other jobs' load): 14-23 s
+    to boot three nodes in parallel, 4-12 s to join them, 1-2 s of publishing and failover.
 
     Subscriber on node b; four publishers on node a, two listing b next, two c, each publishing in
     bursts of 10 concurrent QoS 1 messages. Node a is SIGKILLed mid-run: the publishers move to the
