@@ -7,7 +7,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -61,15 +61,52 @@ def _start_mosquitto(binary: str, tmp_path: Path, port: int) -> subprocess.Popen
     return subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
 
 
-@pytest.fixture
-def mosquitto_broker(tmp_path: Path) -> Iterator[str]:
-    """A real ``mosquitto -c CONF`` on 127.0.0.1; yields its ``mqtt://`` URL."""
+def _require_mosquitto() -> str:
     binary = find_mosquitto()
     if binary is None:
         if os.environ.get("CI"):
             pytest.fail("mosquitto is not installed but CI is set: the CI image must provide it "
                         "(.ci/run installs it)")
         pytest.skip("mosquitto binary not found (install mosquitto to run the real-broker tests)")
+    return binary
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], tuple[str, subprocess.Popen]]]:
+    """Starts real mosquittos on free loopback ports: ``url, proc = start()``; each is stopped (by its
+    PID) when the test ends, whatever the test did to it meanwhile."""
+    binary = _require_mosquitto()
+    procs: list[subprocess.Popen] = []
+
+    def start() -> tuple[str, subprocess.Popen]:
+        port = free_port()
+        proc = _start_mosquitto(binary, tmp_path, port)
+        procs.append(proc)
+        wait_for_port("127.0.0.1", port, timeout=10.0, proc=proc)
+        return f"mqtt://127.0.0.1:{port}", proc
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            _stop(proc)
+
+
+@pytest.fixture
+def mosquitto_broker(tmp_path: Path) -> Iterator[str]:
+    """A real ``mosquitto -c CONF`` on 127.0.0.1; yields its ``mqtt://`` URL."""
+    binary = _require_mosquitto()
     port = free_port()
     proc = _start_mosquitto(binary, tmp_path, port)
     try:

@@ -63,6 +63,9 @@ class TransportStats:
     unsolicited: int = 0  # messages on topics we never subscribed to (dropped)
     handler_errors: int = 0  # messages the handler raised on (logged, dropped)
     last_error: str = ""
+    broker: str = ""  # the address of the broker it is (or was last) connected to
+    mqtt_version: int = 0  # that connection's protocol: 5, or 4 for 3.1.1 (0 before the first)
+    failovers: int = 0  # connections made to a different broker than the one before
     by_topic_out: dict[str, int] = field(default_factory=dict)
 
 

@@ -1,11 +1,15 @@
 """MQTT transport: one aiomqtt connection kept alive with jittered backoff, as an async context manager.
 
-``MqttTransport`` owns its connection loop inside a TaskGroup. It (re)subscribes and calls ``on_connect``
-on every (re)connect (so a node can republish retained state a restarted broker lost), tells an
-optional ``on_link(connected, detail)`` callback each time the link comes up or goes down, hands incoming
-messages to a bounded queue (a full queue applies backpressure rather than dropping) or, given a
-``handler``, straight to that function as they are read, and retries QoS 1 publishes until the broker
-acknowledges them. aiomqtt/paho errors become
+``Transport`` owns its connection loop inside a TaskGroup. Given several broker addresses it fails
+over: when the broker it is on goes away (or cannot be reached) it moves to the next one in the list,
+round robin, each try after a jittered backoff that grows with every full round of failures, so a
+dead broker is tried once a round and never hammered. It speaks MQTT 5 where the broker offers it and
+3.1.1 where not (:mod:`koala_async.io.negotiate`), remembering per address which one works. It
+(re)subscribes and calls ``on_connect`` on every (re)connect (so a node can republish retained state a
+restarted or different broker lacks), tells an optional ``on_link(connected, detail)`` callback each
+time the link comes up or goes down, hands incoming messages to a bounded queue (a full queue applies
+backpressure rather than dropping) or, given a ``handler``, straight to that function as they are
+read, and retries QoS 1 publishes until the broker acknowledges them. aiomqtt/paho errors become
 :class:`~koala_async.errors.TransportError` here and never leak further.
 """
 
@@ -15,77 +19,32 @@ import asyncio
 import logging
 import math
 import random
-import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import cast
-from urllib.parse import unquote, urlsplit
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from typing import Any, Self, cast
 
 import aiomqtt
 
 from koala_async.core.backoff import Backoff
 from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
+from koala_async.io.address import BrokerAddress, parse_brokers
 from koala_async.io.base import Incoming, LinkOptions, TransportFactory, TransportStats, Will
+from koala_async.io.negotiate import (
+    MQTT_5,
+    MQTT_311,
+    VERSION_NAMES,
+    client_options,
+    close_socket,
+    fail_fast_before_connack,
+    probe_window,
+    publish_properties,
+    refused_version,
+)
+from koala_async.io.tasks import bounded, stop_tasks
+
+__all__ = ["BrokerAddress", "Incoming", "MqttTransport", "TransportStats", "Will", "mqtt_factory", "parse_brokers",
+           "stop_tasks"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BrokerAddress:
-    """Where and how to reach a broker: ``mqtt://[user[:pass]@]host[:port]`` or ``mqtts://``."""
-
-    host: str = "127.0.0.1"
-    port: int = 1883
-    username: str | None = None
-    password: str | None = None
-    tls: bool = False
-    ca_file: str | None = None
-    cert_file: str | None = None
-    key_file: str | None = None
-    tls_insecure: bool = False
-
-    @classmethod
-    def parse(cls, url: str, **extra: object) -> BrokerAddress:
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ConfigError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://")
-        tls = parts.scheme in ("mqtts", "ssl")
-        try:
-            port = parts.port or (8883 if tls else 1883)
-        except ValueError:
-            raise ConfigError(f"broker URL {url!r}: bad port") from None
-        return cls(host=parts.hostname or "127.0.0.1", port=port,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None,
-                   tls=tls, **extra)  # type: ignore[arg-type]
-
-    def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
-
-    def explain(self, error: str) -> str:
-        """``error`` (a connect failure's text), with what it means for TLS where that is known."""
-        if self.tls and "CERTIFICATE_VERIFY_FAILED" in error:
-            cas = f"CA file {self.ca_file}" if self.ca_file else "the system's CA certificates (no ca_file set)"
-            return f"the broker's TLS certificate could not be verified with {cas}: {error}"
-        return error
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        if not self.tls:
-            return None
-        try:
-            ctx = ssl.create_default_context(cafile=self.ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot load the CA certificates: {exc}", source=self.ca_file) from None
-        if self.cert_file:
-            try:
-                ctx.load_cert_chain(self.cert_file, self.key_file)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError(f"cannot load the client certificate or its key ({self.key_file}): {exc}",
-                                  source=self.cert_file) from None
-        if self.tls_insecure:
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        return ctx
 
 
 # Messages taken from aiomqtt's queue in one go before the pump yields to the event loop.
@@ -93,66 +52,35 @@ _DRAIN_SLICE = 256
 
 # How long one publish/subscribe waits for the broker's acknowledgement before it counts as failed.
 _ACK_TIMEOUT = 10.0
-
-
-async def _bounded(call: Awaitable[object], seconds: float, what: str) -> None:
-    """Await an aiomqtt call made with ``timeout=math.inf``, bounded here by ``asyncio.timeout``.
-
-    Workaround for a lost cancellation: aiomqtt 2.5 waits for a PUBACK/SUBACK with
-    ``asyncio.wait_for(event.wait(), timeout)``, and on Python 3.11 ``wait_for`` *swallows* a
-    ``cancel()`` that arrives in the same event-loop iteration as the acknowledgement (it returns the
-    result instead of raising ``CancelledError``). The cancelled task then carries on: the server's
-    ack sender went back to ``queue.get()`` for good, its TaskGroup waited for it forever and
-    ``ServerNode`` shutdown hung (seen in the ingest benchmark, which stops the server while acks are
-    still being published). With ``timeout=math.inf`` aiomqtt awaits the event directly, which
-    propagates cancellation; ``asyncio.timeout`` (unlike 3.11's ``wait_for``) does not lose it.
-    """
-    try:
-        async with asyncio.timeout(seconds):
-            await call
-    except TimeoutError:
-        raise aiomqtt.MqttError(f"{what}: operation timed out") from None
-
-
-async def stop_tasks(tasks: list[asyncio.Task[None]], *, grace: float = 10.0, what: str = "tasks") -> None:
-    """Cancel ``tasks`` and wait until they are done, cancelling again any that carry on.
-
-    A task can swallow a ``cancel()`` (Python 3.11's ``asyncio.wait_for``, see :func:`_bounded`, is
-    one way), and a TaskGroup then waits for it forever. Re-cancelling every half second makes such a
-    task stop at its next await. Gives up after ``grace`` seconds (logged) rather than wait forever.
-    """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + grace
-    pending = {t for t in tasks if not t.done()}
-    rounds = 0
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-        rounds += 1
-        if pending and rounds == 1:
-            log.warning("%s still running after cancel(): %s; cancelling again", what,
-                        ", ".join(sorted(t.get_name() for t in pending)))
-        if pending and loop.time() > deadline:
-            log.error("%s did not stop within %.0fs: %s", what, grace,
-                      ", ".join(sorted(t.get_name() for t in pending)))
-            return
+# How long a connect waits for the CONNACK (a first MQTT 5 try: see negotiate.probe_window).
+_CONNECT_TIMEOUT = 10.0
 
 
 class MqttTransport:
-    """A resilient MQTT connection (the :class:`~koala_async.io.base.Transport` contract over aiomqtt).
+    """A resilient MQTT connection to one broker out of ``address`` (one or several, in failover order).
 
-    ``async with MqttTransport(address, client_id, ...) as t:``; nodes get one from :func:`mqtt_factory`.
+    Use ``async with MqttTransport(...) as t:`` (the :class:`~koala_async.io.base.Transport` contract over
+    aiomqtt); nodes get one from :func:`mqtt_factory`. ``mqtt_version`` None negotiates (5, else 3.1.1); 5 or 4
+    (3.1.1) insists. ``session_expiry`` (seconds) is how long an MQTT 5 broker keeps a persistent
+    session (``clean_session=False``) after a disconnect; 3.1.1 keeps one until it is resumed.
     """
 
-    def __init__(self, address: BrokerAddress, client_id: str, *, will: Will | None = None,
-                 subscriptions: tuple[tuple[str, int], ...] = (),
-                 on_connect: Callable[[MqttTransport], Awaitable[None]] | None = None,
+    def __init__(self, address: BrokerAddress | Sequence[BrokerAddress], client_id: str, *,
+                 will: Will | None = None, subscriptions: tuple[tuple[str, int], ...] = (),
+                 on_connect: Callable[[MqttTransport], Coroutine[Any, Any, None]] | None = None,
                  clean_session: bool = True, keepalive: int = 30, queue_size: int = 10_000,
-                 backoff: Backoff = Backoff(), seed: int | None = None,
+                 backoff: Backoff | None = None, seed: int | None = None,
                  on_link: Callable[[bool, str], None] | None = None,
-                 handler: Callable[[Incoming], None] | None = None) -> None:
-        self.address = address
+                 handler: Callable[[Incoming], None] | None = None,
+                 mqtt_version: int | None = None, session_expiry: int = 86_400) -> None:
+        self.addresses = (address,) if isinstance(address, BrokerAddress) else tuple(address)
+        if not self.addresses:
+            raise ConfigError(f"transport {client_id}: no broker address given")
+        if mqtt_version not in (None, MQTT_5, MQTT_311):
+            raise ConfigError(f"transport {client_id}: mqtt_version must be 5, 4 (3.1.1) or None, "
+                              f"not {mqtt_version!r}")
+        if not 0 <= session_expiry <= 0xFFFFFFFF:
+            raise ConfigError(f"transport {client_id}: session_expiry {session_expiry} is out of range")
         self.client_id = client_id
         self.will = will
         self.subscriptions = subscriptions
@@ -164,19 +92,33 @@ class MqttTransport:
         self.handler = handler
         self.clean_session = clean_session
         self.keepalive = keepalive
-        self.backoff = backoff
+        self.backoff = backoff or Backoff()
+        self.mqtt_version = mqtt_version
+        self.session_expiry = session_expiry
         self.stats = TransportStats()
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
         self._wanted: dict[str, bool] = {}  # topic -> matches a subscription (bounded cache)
         self._client: aiomqtt.Client | None = None
+        self._version = MQTT_311  # the protocol _client speaks
+        self._index = 0  # into addresses: the broker in use or being tried
+        self._speaks: dict[BrokerAddress, int] = {}  # the version each broker last connected with
+        self._fallback: set[BrokerAddress] = set()  # refused 5, and 3.1.1 not tried there yet
+        self._errors: dict[str, str] = {}  # address -> its last error, since the last good connection
         self._rng = random.Random(seed)
         self._tasks: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._hook: asyncio.Task[None] | None = None  # the latest on_connect
+        self._inflight: set[asyncio.Timeout] = set()  # ack deadlines of publishes on the current link
 
-    async def __aenter__(self) -> MqttTransport:
-        self.address.tls_context()  # a bad CA or certificate file: ConfigError here, not in the retry loop
+    @property
+    def address(self) -> BrokerAddress:
+        """The broker in use, or the one being tried next while disconnected."""
+        return self.addresses[self._index]
+
+    async def __aenter__(self) -> Self:
+        for address in self.addresses:  # a bad CA or certificate file: ConfigError here, not in the retry loop
+            address.tls_context()
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self._run(), name=f"mqtt-{self.client_id}")
@@ -189,50 +131,97 @@ class MqttTransport:
         await self._tasks.__aexit__(None, None, None)
 
     async def _run(self) -> None:
-        attempt = 0
+        failures = 0  # failed tries since the last good connection
         while True:
+            address = self.address
+            version = self.mqtt_version or self._speaks.get(address) or \
+                (MQTT_311 if address in self._fallback else MQTT_5)
+            # asking a broker for 5 for the first time: it may neither answer nor hang up (see negotiate)
+            probing = version == MQTT_5 and self.mqtt_version is None and address not in self._speaks
             try:
-                inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
-                async with self._make_client(inbox) as client:
-                    self._client = client
-                    for topic, qos in self.subscriptions:
-                        await _bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
-                                       f"subscribe to {topic}")
-                    self.stats.connects += 1
-                    attempt = 0
-                    log.info("%s connected to %s", self.client_id, self.address)
-                    self.connected.set()
-                    if self.on_link is not None:
-                        self.on_link(True, str(self.address))
-                    # on_connect publishes (retained state): it runs beside the message pump, so a link
-                    # that dies meanwhile is still noticed and on_connect is cancelled with it.
-                    hook = None
-                    if self.on_connect is not None:
-                        assert self._tasks is not None
-                        hook = self._hook = self._tasks.create_task(self.on_connect(self),
-                                                                     name=f"on-connect-{self.client_id}")
-                    try:
-                        await self._pump(client, inbox)
-                    finally:
-                        if hook is not None:
-                            hook.cancel()
+                await self._connection(address, version, probing)
             except aiomqtt.MqttError as exc:
                 was_connected = self.connected.is_set()
                 self.connected.clear()
                 self._client = None
-                self.stats.last_error = self.address.explain(str(exc))
-                delay = self.backoff.delay(attempt, self._rng)
-                attempt += 1
+                self._expire_inflight()
+                self.stats.last_error = f"{address}: {address.explain(str(exc))}"
+                self._errors[str(address)] = address.explain(str(exc))
+                if probing and not was_connected and refused_version(exc, probing=True):
+                    log.info("%s: %s refused MQTT 5 (%s); trying 3.1.1", self.client_id, address, exc)
+                    self._fallback.add(address)
+                    continue  # the broker answered (or stayed silent): ask again at once, in 3.1.1
+                if address in self._fallback and not was_connected:
+                    # 3.1.1 failed as well, so the refusal was not about the version: ask for 5 next time
+                    self._fallback.discard(address)
+                if was_connected:
+                    failures = 0
+                self._index = (self._index + 1) % len(self.addresses)
+                # one full round of the list per backoff step: each broker is tried once a round
+                delay = self.backoff.delay(failures // len(self.addresses), self._rng)
+                failures += 1
                 if was_connected:
                     self.stats.disconnects += 1
                     if self.on_link is not None:
                         self.on_link(False, str(exc))
-                    log.warning("%s lost the broker at %s (%s); reconnecting in %.1fs",
-                                self.client_id, self.address, exc, delay)
+                    log.warning("%s lost the broker at %s (%s); reconnecting to %s in %.1fs",
+                                self.client_id, address, exc, self.address, delay)
                 else:
-                    err = BrokerUnavailable(str(self.address), self.stats.last_error)
-                    log.warning("%s: %s; retrying in %.1fs", self.client_id, err, delay)
+                    log.warning("%s: %s; trying %s in %.1fs", self.client_id,
+                                BrokerUnavailable(str(address), address.explain(str(exc))), self.address, delay)
                 await asyncio.sleep(delay)
+
+    def _expire_inflight(self) -> None:
+        """Publishes still waiting for an acknowledgement on a dropped link: stop waiting, retry now."""
+        dropped, self._inflight = self._inflight, set()
+        now = asyncio.get_running_loop().time()
+        for deadline in dropped:
+            deadline.reschedule(now)
+
+    async def _connection(self, address: BrokerAddress, version: int, probing: bool) -> None:
+        """Connect to ``address``, subscribe, start on_connect and pump messages until the link drops."""
+        inbox: asyncio.Queue[aiomqtt.Message] = asyncio.Queue()
+        client = self._make_client(address, version, inbox)
+        if probing:
+            probe_window(client, cap=_CONNECT_TIMEOUT)
+        try:
+            async with client:
+                self._client, self._version = client, version
+                for topic, qos in self.subscriptions:
+                    await bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
+                                  f"subscribe to {topic}")
+                self._connected_to(address, version)
+                # on_connect publishes (retained state): it runs beside the message pump, so a link that
+                # dies meanwhile is still noticed and on_connect is cancelled with it.
+                hook = None
+                if self.on_connect is not None:
+                    assert self._tasks is not None
+                    hook = self._hook = self._tasks.create_task(self.on_connect(self),
+                                                                 name=f"on-connect-{self.client_id}")
+                try:
+                    await self._pump(client, inbox)
+                finally:
+                    if hook is not None:
+                        hook.cancel()
+        finally:
+            close_socket(client)  # a connect that timed out leaves it open
+
+    def _connected_to(self, address: BrokerAddress, version: int) -> None:
+        stats = self.stats
+        if address in self._fallback:
+            self._fallback.discard(address)
+            log.info("%s: %s speaks MQTT 3.1.1 only; it will not be asked for 5 again", self.client_id, address)
+        self._speaks[address] = version
+        if stats.broker and stats.broker != str(address):
+            stats.failovers += 1
+            log.warning("%s failed over from %s to %s", self.client_id, stats.broker, address)
+        stats.connects += 1
+        stats.broker, stats.mqtt_version = str(address), version
+        self._errors.clear()
+        log.info("%s connected to %s (MQTT %s)", self.client_id, address, VERSION_NAMES[version])
+        self.connected.set()
+        if self.on_link is not None:
+            self.on_link(True, str(address))
 
     def _subscribed(self, topic: aiomqtt.Topic) -> bool:
         """Whether ``topic`` matches one of our filters; cached per topic, as matching costs more
@@ -296,24 +285,32 @@ class MqttTransport:
         stats.bytes_in += len(payload)
         return Incoming(message.topic.value, bytes(payload), message.retain)
 
-    def _make_client(self, inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
-        a = self.address
+    def _make_client(self, address: BrokerAddress, version: int,
+                     inbox: asyncio.Queue[aiomqtt.Message]) -> aiomqtt.Client:
         will = None
         if self.will is not None:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
-        return aiomqtt.Client(
-            a.host, a.port, username=a.username, password=a.password, identifier=self.client_id,
-            will=will, clean_session=self.clean_session, keepalive=self.keepalive,
-            tls_context=a.tls_context(), timeout=10,
+        client = aiomqtt.Client(
+            address.host, address.port, username=address.username, password=address.password,
+            identifier=self.client_id, will=will, keepalive=self.keepalive,
+            # aiomqtt's timeout bounds only the wait for the CONNACK here: every other call passes its own
+            tls_context=address.tls_context(), timeout=_CONNECT_TIMEOUT,
             # aiomqtt builds its incoming queue from this (a documented parameter): hand it ours
-            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox))
+            queue_type=cast("type[asyncio.Queue[aiomqtt.Message]]", lambda maxsize=0: inbox),
+            **client_options(version, clean_session=self.clean_session, session_expiry=self.session_expiry))
+        fail_fast_before_connack(client)
+        return client
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      timeout: float | None = None) -> None:
+                      timeout: float | None = None, expiry: float | None = None) -> None:
         """Publish, waiting for a connection and retrying until the broker acknowledges (QoS >= 1).
 
-        With ``timeout`` a publish that cannot complete in time raises ``TransportError``.
+        With ``timeout`` a publish that cannot complete in time raises ``TransportError``. With
+        ``expiry`` (seconds, rounded up) an MQTT 5 broker discards the message once it has waited that
+        long for a subscriber (retained copies included); a 3.1.1 link carries no expiry and ignores it.
         """
+        if expiry is not None and not expiry > 0:
+            raise ValueError(f"publish to {topic}: expiry must be a positive number of seconds, not {expiry!r}")
         try:
             async with asyncio.timeout(timeout):
                 while True:
@@ -322,12 +319,14 @@ class MqttTransport:
                     if client is None:
                         await asyncio.sleep(0.05)
                         continue
+                    properties = publish_properties(self._version, expiry)
                     try:
-                        await _bounded(client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf),
-                                       _ACK_TIMEOUT, f"publish to {topic}")
+                        await bounded(client.publish(topic, payload, qos=qos, retain=retain,
+                                                      properties=properties, timeout=math.inf),
+                                       _ACK_TIMEOUT, f"publish to {topic}", self._inflight)
                     except aiomqtt.MqttError as exc:
                         self.stats.publish_retries += 1
-                        self.stats.last_error = self.address.explain(str(exc))
+                        self.stats.last_error = str(exc)
                         if qos == 0:
                             return
                         await asyncio.sleep(0.1 + self._rng.random() * 0.2)
@@ -344,23 +343,31 @@ class MqttTransport:
             yield await self._queue.get()
 
     async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait for a connection; :class:`BrokerUnavailable` naming every address tried when none came."""
         try:
             async with asyncio.timeout(timeout):
                 await self.connected.wait()
         except TimeoutError:
-            raise BrokerUnavailable(str(self.address), self.stats.last_error or "timed out") from None
+            raise self.unavailable() from None
+
+    def unavailable(self) -> BrokerUnavailable:
+        """The error to raise when no broker answers: every address, and what each last said."""
+        where = ", ".join(str(a) for a in self.addresses)
+        if len(self.addresses) == 1:
+            return BrokerUnavailable(where, self._errors.get(where) or "timed out")
+        cause = "; ".join(f"{addr}: {err}" for addr, err in self._errors.items()) or "timed out"
+        return BrokerUnavailable(where, cause)
 
 
-def mqtt_factory(address: BrokerAddress) -> TransportFactory:
-    """A :data:`~koala_async.io.base.TransportFactory` connecting nodes to the broker at ``address``."""
+def mqtt_factory(addresses: BrokerAddress | tuple[BrokerAddress, ...], *, mqtt_version: int | None = None,
+                 session_expiry: int = 86_400) -> TransportFactory:
+    """A :data:`~koala_async.io.base.TransportFactory` connecting nodes to the broker(s) at ``addresses``
+    (failover order); ``mqtt_version`` 4 skips the MQTT 5 attempt (brokers known to speak 3.1.1 only)."""
     def factory(options: LinkOptions) -> MqttTransport:
-        return MqttTransport(address, options.client_id, will=options.will, subscriptions=options.subscriptions,
+        return MqttTransport(addresses, options.client_id, will=options.will, subscriptions=options.subscriptions,
                              on_connect=options.on_connect,  # type: ignore[arg-type]
                              on_link=options.on_link, handler=options.handler,
                              clean_session=options.clean_session, keepalive=options.keepalive,
-                             seed=options.seed)
+                             seed=options.seed, mqtt_version=mqtt_version, session_expiry=session_expiry)
 
     return factory
-
-
-__all__ = ["BrokerAddress", "Incoming", "MqttTransport", "TransportStats", "Will", "mqtt_factory", "stop_tasks"]
