@@ -31,9 +31,9 @@ from koala_async.core.rejects import RejectCounter
 
 log = logging.getLogger(__name__)
 
-# The learner's admission: (message, client id from the topic, server version, dedupe window) ->
-# a decision, or None when this mode takes no message of that kind.
-Admission = Callable[[Message, "str | None", int, SeqWindow], "Decision | None"]
+# The learner's admission: (message, client id from the topic, server version, dedupe window, wall clock
+# in ms) -> a decision, or None when this mode takes no message of that kind.
+Admission = Callable[[Message, "str | None", int, SeqWindow, "int | None"], "Decision | None"]
 # The pacing's gate on an otherwise admissible message: "accepted" or why not (a round's verdict).
 Gate = Callable[[Any], str]
 
@@ -112,13 +112,14 @@ class ServerState:
 
     # -- updates -------------------------------------------------------------------------------
 
-    def decide(self, message: Message, topic_sender: str | None, size: int, origin: str = "") -> Verdict | None:
+    def decide(self, message: Message, topic_sender: str | None, size: int, origin: str = "",
+               now_ms: int | None = None) -> Verdict | None:
         """The verdict on a decoded message from an update topic; a refusal is counted here.
 
         None when the message is of a kind this mode does not take on update topics (counted as
         ``wrong_kind``; no verdict goes back for it).
         """
-        decision = self.admission(message, topic_sender, self.version, self.seen)
+        decision = self.admission(message, topic_sender, self.version, self.seen, now_ms)
         if decision is None:
             self.rejects.reject("wrong_kind", type(message).__name__, origin)
             return None
@@ -129,9 +130,9 @@ class ServerState:
             self.rejects.reject(reason, f"seq={seq}", sender)
         return Verdict(reason == "accepted", reason, decision.staleness, topic_sender or sender, seq)
 
-    def accept(self, message: Any, envelope: bytes, staleness: int, now: float) -> None:
+    def accept(self, message: Any, envelope: bytes, staleness: int, now: float, now_ms: int | None = None) -> None:
         """Count an accepted message and queue it for the learner (once the caller made it durable)."""
-        self.seen.add(message.sender, message.seq)
+        self.seen.add(message.sender, message.seq, now_ms)
         m = self.metrics
         m.accepted += 1
         m.accepted_by_client[message.sender] = m.accepted_by_client.get(message.sender, 0) + 1

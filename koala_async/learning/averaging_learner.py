@@ -55,10 +55,11 @@ class AveragingLearner:
 
         return accuracy(self.model, self.data.test.x, self.data.test.y)
 
-    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow) -> Decision | None:
+    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow,
+              now_ms: int | None = None) -> Decision | None:
         if not isinstance(message, Weights):
             return None
-        return admit_weights(message, topic_sender, version, self.model_name, self.layout, seen)
+        return admit_weights(message, topic_sender, version, self.model_name, self.layout, seen, now_ms)
 
     def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
         import torch

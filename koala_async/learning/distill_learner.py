@@ -74,7 +74,8 @@ class DistillLearner:
 
     # -- the protocol --------------------------------------------------------------------------
 
-    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow) -> Decision | None:
+    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow,
+              now_ms: int | None = None) -> Decision | None:
         if not isinstance(message, Update):
             return None
         ctx = self._ctx
@@ -83,7 +84,7 @@ class DistillLearner:
             ctx = self._ctx = AdmissionContext(version=version, proxy_id=self.proxy_id, n_proxy=len(self.proxy_x),
                                                num_classes=self.spec.num_classes, policy=cfg.staleness,
                                                accepted_tiers=cfg.accepted_tiers)
-        return admit(message, topic_sender, ctx, seen)
+        return admit(message, topic_sender, ctx, seen, now_ms)
 
     def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
         from koala_async.learning.distill import predict_logits

@@ -40,7 +40,8 @@ class Learner(Protocol):
     def prepare(self) -> None:
         """Load data and build the model (blocking; the node runs it in a thread)."""
 
-    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow) -> Decision | None:
+    def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow,
+              now_ms: int | None = None) -> Decision | None:
         """Whether to take ``message`` from an update topic; None if this learner takes no such kind."""
 
     def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:

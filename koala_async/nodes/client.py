@@ -23,16 +23,17 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from koala_async.core.envelope import Ack, Limits, Message, decode, encode
+from koala_async.core.knowledge_gate import KnowledgeGate
 from koala_async.core.rejects import RejectCounter
+from koala_async.core.server_signing import parse_public_key
 from koala_async.core.retention import AddResult
 from koala_async.core.signing import sign, unwrap
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
 from koala_async.io.base import LinkOptions, Transport, TransportFactory, Will
-from koala_async.io.transport import mqtt_factory
 from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
-from koala_async.nodes.common import SeqCounter, broker_address, limit_threads, status_payload
+from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ClientConfig, TrainSettings
 from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, TierChanged, UpdateAccepted,
                                       UpdatePublished, UpdateRejected, link_listener)
@@ -74,9 +75,11 @@ class ClientNode:
         self._done = asyncio.Event()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        connect = transport or mqtt_factory(broker_address(
-            config.broker, username=config.username, password=config.password, ca_file=config.ca_file,
-            cert_file=config.cert_file, key_file=config.key_file, tls_insecure=config.tls_insecure))
+        connect = transport or node_transport(config)
+        keys = (parse_public_key(config.server_public_key, source="server_public_key"),) \
+            if config.server_public_key else ()
+        # Everything from the server's topics passes the gate: signature, sender, no going back in version.
+        self.gate = KnowledgeGate(config.server_id, keys, context=config.federation, limits=self.limits)
         will = Will(self.topics.client_status(config.node_id),
                     status_payload(config.node_id, 0, "client", False, "lost", {}))
         self.transport: Transport = connect(LinkOptions(
@@ -169,14 +172,15 @@ class ClientNode:
     # -- receiving -----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
+        ack_topic = self.topics.ack(self.config.node_id)
         async for msg in self.transport.messages():
             self.bytes_down += len(msg.payload)
-            try:
-                message = decode(msg.payload, self.limits)
-            except MessageError as exc:
-                self.rejects.error(exc, msg.topic)
+            verdict = self.gate.check(msg.payload, "ack" if msg.topic == ack_topic else self.task.kinds.get(msg.topic))
+            if not verdict.accepted or verdict.message is None:
+                self.rejects.reject(verdict.reason, verdict.detail, msg.topic)
                 continue
-            if msg.topic == self.topics.ack(self.config.node_id) and isinstance(message, Ack):
+            message = verdict.message
+            if isinstance(message, Ack):
                 self._on_ack(message, msg.topic)
                 continue
             before = self.task.version

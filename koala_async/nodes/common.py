@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
+from koala_async.core.dedupe import next_seq
 from koala_async.core.envelope import Status, encode
-from koala_async.io.transport import BrokerAddress
+from koala_async.io.base import TransportFactory
+from koala_async.io.transport import mqtt_factory, parse_brokers
 
 
 class SeqCounter:
     """Per-sender message sequence numbers, monotonic across restarts of the same node.
 
-    Starting from the wall clock in milliseconds means a restarted node (without saved state) still
-    numbers above everything it sent before, so the server's dedupe never mistakes new for old.
+    Numbers track the wall clock in milliseconds (:func:`~koala_async.core.dedupe.next_seq`), so a
+    restarted node (without saved state) still numbers above everything it sent before, and stays
+    within the range receivers accept (a window pushed ahead by a forged number is caught up with).
     """
 
     def __init__(self, start: int | None = None) -> None:
@@ -24,7 +26,7 @@ class SeqCounter:
 
     def next(self) -> int:
         with self._lock:
-            self.value += 1
+            self.value = next_seq(self.value, int(time.time() * 1000))
             return self.value
 
 
@@ -42,12 +44,11 @@ def limit_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
-def broker_address(url: str, *, username: str | None = None, password: str | None = None,
-                   ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None,
-                   tls_insecure: bool = False) -> BrokerAddress:
-    """A node's broker address from its config: credentials and TLS options override the URL's."""
-    address = BrokerAddress.parse(url, ca_file=ca_file, cert_file=cert_file, key_file=key_file,
-                                  tls_insecure=tls_insecure)
-    if username:
-        address = replace(address, username=username, password=password)
-    return address
+def node_transport(config: Any) -> TransportFactory:
+    """The MQTT transport factory of a node config: its broker list (``broker``: one URL, a comma-separated
+    string or a list, in failover order), credentials and TLS options overriding the URLs', and the
+    protocol (``mqtt_version``: None negotiates 5, else 3.1.1)."""
+    addresses = parse_brokers(config.broker, username=config.username, password=config.password,
+                              ca_file=config.ca_file, cert_file=config.cert_file, key_file=config.key_file,
+                              tls_insecure=config.tls_insecure)
+    return mqtt_factory(addresses, mqtt_version=config.mqtt_version)

@@ -20,7 +20,9 @@ class ServerConfig:
     """Everything a server node needs; loadable from the ``[server]`` table of a TOML file."""
 
     node_id: str = "server"
-    broker: str = "mqtt://127.0.0.1:1883"
+    # One broker URL, or several (a list or a comma-separated string) to fail over between, in order.
+    broker: str | tuple[str, ...] = "mqtt://127.0.0.1:1883"
+    mqtt_version: int | None = None  # None: MQTT 5 where the broker offers it, else 3.1.1; 4 = 3.1.1 only
     federation: str = "default"
     mode: Mode = DEFAULT_MODE  # async | sync | fedavg (core/modes.py)
     round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
@@ -72,8 +74,13 @@ class ServerConfig:
     checkpoint_interval: float = 30.0
     # Signed updates: a JSON file {client id: key}; when set, unsigned or badly signed updates are refused.
     keys_file: str | None = None
+    # Ed25519 private key (PEM; `koala keygen`) that signs knowledge, proxy set and global model; clients
+    # pin its public key (``server_public_key``) and refuse what it did not sign.
+    server_key_file: str | None = None
 
     def __post_init__(self) -> None:
+        if self.mqtt_version not in (None, 4, 5):
+            raise ValueError(f"mqtt_version must be 5, 4 (3.1.1) or unset, not {self.mqtt_version!r}")
         check_id(self.node_id, "node_id")
         if self.distill_steps < 1 or self.buffer_size < 1:
             raise ValueError("distill_steps and buffer_size must be >= 1")
@@ -107,7 +114,9 @@ class ClientConfig:
     """Everything a client node needs; loadable from the ``[client]`` table of a TOML file."""
 
     node_id: str = "client-0"
-    broker: str = "mqtt://127.0.0.1:1883"
+    # One broker URL, or several (a list or a comma-separated string) to fail over between, in order.
+    broker: str | tuple[str, ...] = "mqtt://127.0.0.1:1883"
+    mqtt_version: int | None = None  # None: MQTT 5 where the broker offers it, else 3.1.1; 4 = 3.1.1 only
     federation: str = "default"
     # async | sync | fedavg (core/modes.py); a client also follows the rounds the server's knowledge announces.
     mode: Mode = DEFAULT_MODE
@@ -144,6 +153,10 @@ class ClientConfig:
     state_dir: str | None = None
     pending_max_staleness: int = 10
     signing_key: str | None = None  # HMAC key shared with the server's keys file
+    # The server this client trusts: its node id, and its Ed25519 public key (hex, base64, PEM or a file
+    # path; printed by `koala keygen`). With a key, unsigned, forged or older knowledge is refused.
+    server_id: str = "server"
+    server_public_key: str | None = None
     keepalive: int = 30  # MQTT keepalive, seconds: a dead link is noticed after 1-1.5x this
     # Samples held in memory (initial data plus everything added), and which survive past that:
     # "reservoir" = a uniform sample of all ever seen (seeded), "newest" = a sliding window.
@@ -156,6 +169,8 @@ class ClientConfig:
     event_queue: int = 256  # per events() consumer; a full queue drops its oldest event
 
     def __post_init__(self) -> None:
+        if self.mqtt_version not in (None, 4, 5):
+            raise ValueError(f"mqtt_version must be 5, 4 (3.1.1) or unset, not {self.mqtt_version!r}")
         check_id(self.node_id, "node_id")
         if self.retention not in RETENTIONS:
             raise ValueError(f"retention must be one of {list(RETENTIONS)}, got {self.retention!r}")

@@ -56,6 +56,11 @@ class DistillTask:
         return (self.topics.proxy, self.topics.knowledge)
 
     @property
+    def kinds(self) -> dict[str, str]:
+        """The message kind each subscribed topic carries."""
+        return {self.topics.proxy: "proxy", self.topics.knowledge: "knowledge"}
+
+    @property
     def version(self) -> int | None:
         return self.knowledge.version if self.knowledge is not None else None
 
@@ -180,6 +185,10 @@ class AveragingTask:
         return (self.topics.model,)
 
     @property
+    def kinds(self) -> dict[str, str]:
+        return {self.topics.model: "weights"}
+
+    @property
     def version(self) -> int | None:
         return self.global_model.base_version if self.global_model is not None else None
 
@@ -204,7 +213,8 @@ class AveragingTask:
             from koala_async.learning.models import build_model
 
             try:
-                model = build_model(name, spec, seed=0)
+                # A name from the network: never an import string (that would import what a server says).
+                model = build_model(name, spec, seed=0, allow_imports=False)
             except (KeyError, ValueError):
                 self._layouts[name] = None
             else:

@@ -20,20 +20,22 @@ import logging
 import threading
 import time
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from koala_async.core.envelope import Limits, Status, Update, decode, encode
 from koala_async.core.rejects import RejectCounter
+from koala_async.core.server_signing import ServerSigner, load_private_key, next_epoch
 from koala_async.core.server_state import Arrival, ServerMetrics, ServerState, Verdict
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
 from koala_async.io.base import Incoming, LinkOptions, Transport, TransportFactory, Will
 from koala_async.io.checkpoint import ServerStore
-from koala_async.io.transport import mqtt_factory, stop_tasks
+from koala_async.io.transport import stop_tasks
 from koala_async.nodes.acks import AckSender
-from koala_async.nodes.common import SeqCounter, broker_address, limit_threads, status_payload
+from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ServerConfig
 from koala_async.nodes.events import EventHub, EventStream, KnowledgeChanged, UpdateAccepted, UpdateRejected, link_listener
 from koala_async.nodes.modes import server_parts
@@ -61,9 +63,9 @@ class ServerNode:
         self.keys: dict[str, bytes] | None = None
         self.acks = AckSender(self.topics, config.node_id, self._seq)
         self._events = EventHub(config.node_id)
-        connect = transport or mqtt_factory(broker_address(
-            config.broker, username=config.username, password=config.password, ca_file=config.ca_file,
-            cert_file=config.cert_file, key_file=config.key_file, tls_insecure=config.tls_insecure))
+        connect = transport or node_transport(config)
+        self._signer: ServerSigner | None = None  # with server_key_file: seals what clients must trust
+        self.epoch = 0  # this run of the server (signed into knowledge; see core/server_signing.py)
         will = Will(self.topics.server_status, status_payload(config.node_id, 0, "server", False, "lost", {}))
         self.transport: Transport = connect(LinkOptions(
             f"koala-{config.federation}-{config.node_id}", will=will, clean_session=False,
@@ -120,17 +122,20 @@ class ServerNode:
         self.learner.prepare()
         if self.config.keys_file:
             self.keys = load_keys(self.config.keys_file)
-        if self.store is not None:
-            self._resume(self.store)
+        if self.config.server_key_file:
+            self._signer = ServerSigner(load_private_key(self.config.server_key_file), self.config.federation)
+        previous_epoch = self._resume(self.store) if self.store is not None else None
+        self.epoch = next_epoch(previous_epoch, int(time.time() * 1000))
         if not self.state.metrics.timeline:
             self.state.metrics.timeline.append((0.0, 0, self.learner.test_accuracy))
         self.pacing.resume(self.state)
         self._retain(self.state.version, full=True)
 
-    def _resume(self, store: ServerStore) -> None:
+    def _resume(self, store: ServerStore) -> int | None:
+        """Load the checkpoint and journal; returns the epoch of the run that wrote them (None: none)."""
         pending, journal, meta = store.load(self.state, self.learner, self.learner.identity())
         self._seq.value = max(self._seq.value, int(meta.get("seq", 0)))
-        now = time.monotonic()
+        now, now_ms = time.monotonic(), int(time.time() * 1000)
         for envelope in pending:  # counted before the checkpoint, not yet fused
             self.state.pending.append(Arrival(decode(envelope, self.limits), envelope, now))
         for envelope in journal:  # accepted after the checkpoint: count them again
@@ -139,10 +144,11 @@ class ServerNode:
             except MessageError as exc:  # cannot happen for records we wrote; do not die over it
                 log.warning("journal record skipped: %s", exc)
                 continue
-            if isinstance(update, Update) and not self.state.seen.seen(update.sender, update.seq):
-                self.state.accept(update, envelope, max(self.state.version - update.base_version, 0), now)
+            if isinstance(update, Update) and self.state.seen.check(update.sender, update.seq, now_ms) is None:
+                self.state.accept(update, envelope, max(self.state.version - update.base_version, 0), now, now_ms)
         if pending or journal:
             log.info("resumed with %d pending updates", len(self.state.pending))
+        return meta.get("epoch")
 
     async def __aenter__(self) -> ServerNode:
         await asyncio.to_thread(self._prepare)
@@ -196,13 +202,14 @@ class ServerNode:
         except MessageError as exc:
             self.state.rejects.error(exc, client_id or msg.topic)
             return
-        verdict = self.state.decide(message, client_id, len(msg.payload), msg.topic)
+        now_ms = int(time.time() * 1000)
+        verdict = self.state.decide(message, client_id, len(msg.payload), msg.topic, now_ms)
         if verdict is None:
             return
         if verdict.accepted:
             if self.store is not None:
                 self.store.append(envelope)  # durable first, counted second
-            self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic())
+            self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(), now_ms)
             self._arrived.set()
         self._tell(verdict)
 
@@ -263,15 +270,19 @@ class ServerNode:
 
     async def _checkpoint(self, version: int) -> None:
         assert self.store is not None
-        captured = self.store.capture(self.state, version, {"seq": self._seq.value,
+        captured = self.store.capture(self.state, version, {"seq": self._seq.value, "epoch": self.epoch,
                                                             "identity": self.learner.identity()})
         await asyncio.to_thread(self.store.write, captured, self.learner)
 
     def _retain(self, version: int, full: bool) -> list[tuple[str, bytes]]:
         """Encode the messages describing ``version`` and keep them for reconnects (blocking)."""
-        encoded = [(topic, encode(message)) for topic, message in self.learner.retained(version, full)]
+        encoded = [(topic, self._seal(encode(replace(message, epoch=self.epoch))))
+                   for topic, message in self.learner.retained(version, full)]
         self._payloads.update(encoded)
         return encoded
+
+    def _seal(self, envelope: bytes) -> bytes:
+        return self._signer.seal(envelope) if self._signer is not None else envelope
 
     async def _on_connect(self, transport: Transport) -> None:
         """(Re)publish retained state: a restarted broker may have lost it."""

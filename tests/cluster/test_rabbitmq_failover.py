@@ -14,7 +14,7 @@ import pytest
 from rabbit_cluster import RabbitCluster
 
 from koala_async.core.backoff import Backoff
-from koala_async.io.transport import Incoming, Transport, parse_brokers
+from koala_async.io.transport import Incoming, MqttTransport, parse_brokers
 
 pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.timeout(300)]
 
@@ -28,7 +28,7 @@ class Publisher:
     """Publishes ``load/<name>`` QoS 1 messages in bursts of ``BURST`` concurrent publishes (so some are
     always in flight), recording each one a broker acknowledged."""
 
-    def __init__(self, transport: Transport, name: str) -> None:
+    def __init__(self, transport: MqttTransport, name: str) -> None:
         self.transport = transport
         self.name = name
         self.acked: list[bytes] = []
@@ -65,7 +65,7 @@ async def test_publishers_fail_over_when_their_node_dies_and_every_acked_message
         received.add(message.payload)
 
     started = time.monotonic()
-    async with Transport(parse_brokers(b.url), "subscriber", subscriptions=(("load/#", 1),), backoff=FAST,
+    async with MqttTransport(parse_brokers(b.url), "subscriber", subscriptions=(("load/#", 1),), backoff=FAST,
                          handler=take) as sub:
         await sub.wait_connected(30)
         # RabbitMQ 3.10 hangs up on an MQTT 5 CONNECT: the fallback must be immediate, not a timeout
@@ -73,7 +73,7 @@ async def test_publishers_fail_over_when_their_node_dies_and_every_acked_message
         assert time.monotonic() - started < 5
 
         orders = [(a, b, c), (a, c, b)]
-        transports = [Transport(parse_brokers([n.url for n in orders[i % 2]]), f"pub-{i}", backoff=FAST,
+        transports = [MqttTransport(parse_brokers([n.url for n in orders[i % 2]]), f"pub-{i}", backoff=FAST,
                                 seed=i) for i in range(PUBLISHERS)]
         publishers = [Publisher(t, f"p{i}") for i, t in enumerate(transports)]
         async with asyncio.TaskGroup() as group:

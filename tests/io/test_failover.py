@@ -11,7 +11,7 @@ import pytest
 from koala_async.core.backoff import Backoff
 from koala_async.errors import BrokerUnavailable, ConfigError
 from koala_async.io.broker import free_port
-from koala_async.io.transport import BrokerAddress, Incoming, Transport, parse_brokers
+from koala_async.io.transport import BrokerAddress, Incoming, MqttTransport, parse_brokers
 
 FAST = Backoff(initial=0.1, cap=0.4)
 StartMosquitto = Callable[[], tuple[str, subprocess.Popen]]
@@ -19,7 +19,7 @@ StartMosquitto = Callable[[], tuple[str, subprocess.Popen]]
 pytestmark = pytest.mark.timeout(60)
 
 
-async def next_message(transport: Transport, timeout: float = 10.0) -> Incoming:
+async def next_message(transport: MqttTransport, timeout: float = 10.0) -> Incoming:
     async with asyncio.timeout(timeout):
         return await anext(transport.messages())
 
@@ -63,10 +63,10 @@ async def test_moves_to_the_next_broker_resubscribes_and_republishes(mosquitto_f
     first, second = parse_brokers([url_a, url_b])
     links: list[tuple[bool, str]] = []
 
-    async def on_connect(t: Transport) -> None:
+    async def on_connect(t: MqttTransport) -> None:
         await t.publish("presence/node", f"on {t.address}".encode(), retain=True)
 
-    async with Transport((first, second), "node", subscriptions=(("t/#", 1),), on_connect=on_connect,
+    async with MqttTransport((first, second), "node", subscriptions=(("t/#", 1),), on_connect=on_connect,
                          backoff=FAST, on_link=lambda up, detail: links.append((up, detail))) as t:
         await t.wait_connected(10)
         assert (t.stats.broker, t.stats.failovers, t.address) == (url_a, 0, first)
@@ -75,7 +75,7 @@ async def test_moves_to_the_next_broker_resubscribes_and_republishes(mosquitto_f
         assert (t.stats.failovers, t.stats.disconnects, t.stats.connects, t.address) == (1, 1, 2, second)
         assert [up for up, _ in links] == [True, False, True] and links[-1] == (True, url_b)
 
-        async with Transport(second, "observer", subscriptions=(("presence/#", 1),), backoff=FAST) as obs:
+        async with MqttTransport(second, "observer", subscriptions=(("presence/#", 1),), backoff=FAST) as obs:
             await obs.wait_connected(10)
             # on_connect ran again on B: the retained presence is there, and names B
             presence = await next_message(obs)
@@ -91,7 +91,7 @@ async def test_moves_to_the_next_broker_resubscribes_and_republishes(mosquitto_f
 async def test_starts_on_the_second_broker_when_the_first_is_down(mosquitto_factory: StartMosquitto) -> None:
     url_b, _ = mosquitto_factory()
     dead = f"mqtt://127.0.0.1:{free_port()}"
-    async with Transport(parse_brokers([dead, url_b]), "late", backoff=FAST) as t:
+    async with MqttTransport(parse_brokers([dead, url_b]), "late", backoff=FAST) as t:
         await t.wait_connected(10)
         # reaching the second broker first is not a failover: the transport was never on the first
         assert (t.stats.broker, t.stats.failovers, t.stats.connects) == (url_b, 0, 1)
@@ -99,7 +99,7 @@ async def test_starts_on_the_second_broker_when_the_first_is_down(mosquitto_fact
 
 async def test_no_broker_reachable_names_every_address_tried() -> None:
     dead = [f"mqtt://127.0.0.1:{free_port()}" for _ in range(3)]
-    async with Transport(parse_brokers(dead), "lonely", backoff=FAST) as t:
+    async with MqttTransport(parse_brokers(dead), "lonely", backoff=FAST) as t:
         with pytest.raises(BrokerUnavailable) as info:
             await t.wait_connected(timeout=2.0)
     error = info.value
@@ -111,7 +111,7 @@ async def test_no_broker_reachable_names_every_address_tried() -> None:
 
 def test_a_transport_needs_at_least_one_broker() -> None:
     with pytest.raises(ConfigError, match="no broker address"):
-        Transport((), "nobody")
+        MqttTransport((), "nobody")
 
 
 async def test_a_publish_in_flight_when_the_link_drops_is_retried_on_the_next_broker_at_once(
@@ -122,9 +122,9 @@ async def test_a_publish_in_flight_when_the_link_drops_is_retried_on_the_next_br
 
     (url_a, _), (url_b, _) = mosquitto_factory(), mosquitto_factory()
     async with LinkProxy(BrokerAddress.parse(url_a).port, delay=0.5) as slow_link, \
-            Transport(BrokerAddress.parse(url_b), "watcher", subscriptions=(("f/#", 1),), backoff=FAST) as watcher:
+            MqttTransport(BrokerAddress.parse(url_b), "watcher", subscriptions=(("f/#", 1),), backoff=FAST) as watcher:
         await watcher.wait_connected(10)
-        async with Transport(parse_brokers([slow_link.url, url_b]), "node", backoff=FAST) as t:
+        async with MqttTransport(parse_brokers([slow_link.url, url_b]), "node", backoff=FAST) as t:
             await t.wait_connected(10)
             publish = asyncio.create_task(t.publish("f/x", b"in flight", timeout=8))
             await asyncio.sleep(0.3)  # sent; its PUBACK is at least 0.7 s away

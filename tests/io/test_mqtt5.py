@@ -14,14 +14,14 @@ import pytest
 
 from koala_async.core.backoff import Backoff
 from koala_async.io.broker import EmbeddedBroker, free_port
-from koala_async.io.transport import BrokerAddress, Incoming, Transport, Will
+from koala_async.io.transport import BrokerAddress, Incoming, MqttTransport, Will
 
 FAST = Backoff(initial=0.1, cap=0.4)
 
 pytestmark = pytest.mark.timeout(60)
 
 
-async def collect(transport: Transport, quiet: float) -> list[Incoming]:
+async def collect(transport: MqttTransport, quiet: float) -> list[Incoming]:
     """Every message that arrives until none has for ``quiet`` seconds."""
     got = []
     with contextlib.suppress(TimeoutError):
@@ -31,18 +31,18 @@ async def collect(transport: Transport, quiet: float) -> list[Incoming]:
     return got
 
 
-async def expired_while_away(url: str, mqtt_version: int | None) -> tuple[Transport, set[str]]:
+async def expired_while_away(url: str, mqtt_version: int | None) -> tuple[MqttTransport, set[str]]:
     """Which of three updates a persistent subscriber gets after 2 s away: one that expires after 1 s,
     one after 60 s, one never."""
     addr = BrokerAddress.parse(url)
 
-    def subscriber() -> Transport:
-        return Transport(addr, "late-sub", clean_session=False, subscriptions=(("e/#", 1),), backoff=FAST,
+    def subscriber() -> MqttTransport:
+        return MqttTransport(addr, "late-sub", clean_session=False, subscriptions=(("e/#", 1),), backoff=FAST,
                          mqtt_version=mqtt_version)
 
     async with subscriber() as sub:
         await sub.wait_connected(10)
-    async with Transport(addr, "pub", backoff=FAST, mqtt_version=mqtt_version) as pub:
+    async with MqttTransport(addr, "pub", backoff=FAST, mqtt_version=mqtt_version) as pub:
         await pub.wait_connected(10)
         await pub.publish("e/short", b"s", expiry=1)
         await pub.publish("e/long", b"l", expiry=60)
@@ -71,17 +71,17 @@ async def test_on_3_1_1_the_same_update_arrives_stale(mosquitto_broker: str) -> 
 
 async def test_a_retained_message_expires_too(mosquitto_broker: str) -> None:
     addr = BrokerAddress.parse(mosquitto_broker)
-    async with Transport(addr, "pub", backoff=FAST) as pub:
+    async with MqttTransport(addr, "pub", backoff=FAST) as pub:
         await pub.wait_connected(10)
         await pub.publish("r/short", b"s", retain=True, expiry=1)
         await pub.publish("r/kept", b"k", retain=True)
     await asyncio.sleep(2.2)
-    async with Transport(addr, "reader", subscriptions=(("r/#", 1),), backoff=FAST) as reader:
+    async with MqttTransport(addr, "reader", subscriptions=(("r/#", 1),), backoff=FAST) as reader:
         assert [m.topic for m in await collect(reader, quiet=1.0)] == ["r/kept"]
 
 
 async def test_expiry_must_be_positive(mosquitto_broker: str) -> None:
-    async with Transport(BrokerAddress.parse(mosquitto_broker), "pub", backoff=FAST) as pub:
+    async with MqttTransport(BrokerAddress.parse(mosquitto_broker), "pub", backoff=FAST) as pub:
         with pytest.raises(ValueError, match="expiry must be a positive"):
             await pub.publish("x", b"x", expiry=0)
 
@@ -93,7 +93,7 @@ async def test_amqtt_refuses_5_so_the_transport_speaks_3_1_1_and_remembers(
     addr = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
     brokers = [await EmbeddedBroker(port=port).__aenter__()]
     try:
-        async with Transport(addr, "t311", subscriptions=(("a/#", 1),), backoff=FAST) as t:
+        async with MqttTransport(addr, "t311", subscriptions=(("a/#", 1),), backoff=FAST) as t:
             await t.wait_connected(10)
             assert t.stats.mqtt_version == 4
             # the broker restarts (before any delivery: amqtt 0.12 can hang in shutdown after one); the
@@ -105,7 +105,7 @@ async def test_amqtt_refuses_5_so_the_transport_speaks_3_1_1_and_remembers(
             brokers.append(await EmbeddedBroker(port=port).__aenter__())
             await t.wait_connected(15)
             assert t.stats.connects == 2 and t.stats.mqtt_version == 4
-            async with Transport(addr, "t311-pub", backoff=FAST) as pub:
+            async with MqttTransport(addr, "t311-pub", backoff=FAST) as pub:
                 await pub.publish("a/x", b"with an expiry it cannot carry", expiry=5, timeout=10)
                 assert pub.stats.mqtt_version == 4
             async with asyncio.timeout(10):
@@ -126,11 +126,11 @@ async def test_amqtt_answers_nothing_to_a_v5_connect_with_a_will_so_the_probe_wi
     addr = BrokerAddress.parse(embedded_broker.url)
     will = Will("w/status", b"lost")
     started = time.monotonic()
-    async with Transport(addr, "t-will", will=will, backoff=FAST) as t:
+    async with MqttTransport(addr, "t-will", will=will, backoff=FAST) as t:
         await t.wait_connected(10)
         assert t.stats.mqtt_version == 4
         assert time.monotonic() - started < 2.5
-    async with Transport(addr, "t-known", will=will, backoff=FAST, mqtt_version=4) as known:
+    async with MqttTransport(addr, "t-known", will=will, backoff=FAST, mqtt_version=4) as known:
         started = time.monotonic()
         await known.wait_connected(5)
         assert time.monotonic() - started < 1  # asking for 3.1.1 outright skips the probe
@@ -175,7 +175,7 @@ async def test_a_broker_that_hangs_up_on_5_is_spoken_to_in_3_1_1_without_waiting
     async with hangs_up_on_v5(BrokerAddress.parse(mosquitto_broker).port) as port:
         started = time.monotonic()
         addr = BrokerAddress.parse(f"mqtt://127.0.0.1:{port}")
-        async with Transport(addr, "t-hangup", subscriptions=(("h/#", 1),), backoff=FAST) as t:
+        async with MqttTransport(addr, "t-hangup", subscriptions=(("h/#", 1),), backoff=FAST) as t:
             await t.wait_connected(15)
             took = time.monotonic() - started
             assert t.stats.mqtt_version == 4 and t.stats.connects == 1

@@ -11,7 +11,7 @@ import aiomqtt
 import pytest
 
 from koala_async.errors import BrokerUnavailable, ConfigError
-from koala_async.io.transport import BrokerAddress, Transport
+from koala_async.io.transport import BrokerAddress, MqttTransport
 from tests.security.conftest import TLSBroker
 
 pytestmark = pytest.mark.mosquitto
@@ -25,8 +25,8 @@ def _address(broker: TLSBroker, **changes: str | None) -> BrokerAddress:
 async def test_transport_publishes_and_receives_over_mqtts(tls_broker: TLSBroker) -> None:
     address = _address(tls_broker)
     assert address.tls and address.port == tls_broker.port
-    async with Transport(address, "tls-sub", subscriptions=(("koala/tls/#", 1),)) as sub, \
-            Transport(address, "tls-pub") as pub:
+    async with MqttTransport(address, "tls-sub", subscriptions=(("koala/tls/#", 1),)) as sub, \
+            MqttTransport(address, "tls-pub") as pub:
         await sub.wait_connected(10)
         await pub.wait_connected(10)
         await pub.publish("koala/tls/x", b"over tls", qos=1)
@@ -44,7 +44,7 @@ async def test_plain_aiomqtt_with_the_fixture_files_connects(tls_broker: TLSBrok
 
 async def test_a_wrong_ca_is_refused_with_a_message_naming_it(tls_broker: TLSBroker) -> None:
     wrong = str(tls_broker.pki.other_ca_file)
-    async with Transport(_address(tls_broker, ca_file=wrong), "tls-wrong-ca") as transport:
+    async with MqttTransport(_address(tls_broker, ca_file=wrong), "tls-wrong-ca") as transport:
         with pytest.raises(BrokerUnavailable) as err:
             await transport.wait_connected(2)
     message = str(err.value)
@@ -53,7 +53,7 @@ async def test_a_wrong_ca_is_refused_with_a_message_naming_it(tls_broker: TLSBro
 
 
 async def test_without_a_client_certificate_the_broker_refuses(tls_broker: TLSBroker) -> None:
-    async with Transport(_address(tls_broker, cert_file=None, key_file=None), "tls-no-cert") as transport:
+    async with MqttTransport(_address(tls_broker, cert_file=None, key_file=None), "tls-no-cert") as transport:
         with pytest.raises(BrokerUnavailable):
             await transport.wait_connected(2)
     assert transport.stats.connects == 0
@@ -61,15 +61,15 @@ async def test_without_a_client_certificate_the_broker_refuses(tls_broker: TLSBr
 
 async def test_a_plain_mqtt_client_gets_nothing_from_the_tls_listener(tls_broker: TLSBroker) -> None:
     plain = BrokerAddress.parse(f"mqtt://{tls_broker.host}:{tls_broker.port}")
-    async with Transport(plain, "plain-on-tls") as transport:
+    async with MqttTransport(plain, "plain-on-tls") as transport:
         with pytest.raises(BrokerUnavailable):
             await transport.wait_connected(2)
 
 
 async def test_missing_certificate_files_are_config_errors(tls_broker: TLSBroker, tmp_path) -> None:
     with pytest.raises(ConfigError, match="missing-ca.pem"):
-        async with Transport(_address(tls_broker, ca_file=str(tmp_path / "missing-ca.pem")), "x"):
+        async with MqttTransport(_address(tls_broker, ca_file=str(tmp_path / "missing-ca.pem")), "x"):
             pass
     with pytest.raises(ConfigError, match="client.pem"):
-        async with Transport(_address(tls_broker, key_file=str(tls_broker.pki.other_ca_file)), "x"):
+        async with MqttTransport(_address(tls_broker, key_file=str(tls_broker.pki.other_ca_file)), "x"):
             pass
