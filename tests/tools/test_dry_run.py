@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from koala_async.learning.models import client_tiers
+
 import json
 import socket
 import subprocess
@@ -39,7 +41,7 @@ def test_dry_run_cli_prints_the_plan_and_connects_to_nothing() -> None:
     pred = result["predicted"]
     assert pred["peak_rss_mib"] > pred["baseline_rss_mib"] > 0
     assert pred["epoch_s"] > 0 and pred["update_s"] == pytest.approx(pred["epoch_s"] * 10, rel=1e-2)
-    assert [row["tier"] for row in result["catalog"]] == ["image-tiny", "image-small", "image-medium"]
+    assert [row["tier"] for row in result["catalog"]] == client_tiers("image")
     print(f"\ndry run took {time.monotonic() - started:.1f}s")
 
 
