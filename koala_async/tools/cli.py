@@ -77,7 +77,7 @@ def _add_security_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    from koala_async.tools.robustness import main as robustness_main
+    from koala_async.tools.bench.robustness import main as robustness_main
 
     return robustness_main(args)
 
@@ -111,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from koala_async.tools.bench_cli import bench_main
+    from koala_async.tools.bench.cli import bench_main
 
     return bench_main(args)
 
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="compare modes, benchmark server ingest, ramp clients (docs/bench.md)")
-    from koala_async.tools.bench_cli import add_bench_arguments
+    from koala_async.tools.bench.cli import add_bench_arguments
 
     add_bench_arguments(p)
     p.set_defaults(func=cmd_bench)

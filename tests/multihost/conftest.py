@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from koala_async.tools.netns import find_tool, sweep_stale, unavailable_reason
+from harness.netns import find_tool, sweep_stale, unavailable_reason
 
 
 def _skip_or_fail(reason: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from koala_async.learning.data import federate
-from koala_async.tools.netns import (
+from harness.netns import (
     Impairment,
     NetnsError,
     Topology,

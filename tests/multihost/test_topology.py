@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from koala_async.tools.netns import NETNS_DIR, Impairment, NetnsError, Topology
+from harness.netns import NETNS_DIR, Impairment, NetnsError, Topology
 
 # A TCP echo server on HOST:PORT that prints "listening" once bound.
 ECHO = """

@@ -8,7 +8,7 @@ import pytest
 
 from koala_async.core.fusion import Fusion, FusionConfig
 from koala_async.core.staleness import StalenessPolicy
-from koala_async.tools.robustness import poison
+from koala_async.tools.bench.robustness import poison
 
 N, C = 300, 10
 

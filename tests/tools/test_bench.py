@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from koala_async.core.benchstats import SUMMARY_KEYS
-from koala_async.tools.bench import BenchSettings, quick_scenario, run_modes
+from koala_async.tools.bench.stats import SUMMARY_KEYS
+from koala_async.tools.bench.modes import BenchSettings, quick_scenario, run_modes
 from koala_async.tools.scenario import load_scenario
 
 QUICKSTART = Path(__file__).resolve().parents[2] / "scenarios" / "quickstart.toml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from koala_async.tools.footprint import measure
+from koala_async.tools.bench.footprint import measure
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 

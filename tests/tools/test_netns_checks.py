@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from koala_async.tools import netns
-from koala_async.tools.netns import Impairment, Topology
+from harness import netns
+from harness.netns import Impairment, Topology
 
 
 def test_not_root_is_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:

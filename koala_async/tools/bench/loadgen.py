@@ -1,5 +1,5 @@
 """Load generators for the benchmarks, each run as its own OS process so it never shares the measured
-subscriber's event loop: ``python -m koala_async.tools.loadgen {burst|steady} SPEC.json``.
+subscriber's event loop: ``python -m koala_async.tools.bench.loadgen {burst|steady} SPEC.json``.
 
 - ``burst``: ``clients`` simulated clients, one MQTT connection each, pre-encode ``updates`` valid
   Update messages apiece (proxy-sized float16 logits, the server's proxy id, increasing seqs), write a
@@ -182,7 +182,7 @@ async def steady(spec: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 2 or args[0] not in ("burst", "steady"):
-        print("usage: python -m koala_async.tools.loadgen {burst|steady} SPEC.json", file=sys.stderr)
+        print("usage: python -m koala_async.tools.bench.loadgen {burst|steady} SPEC.json", file=sys.stderr)
         return 2
     spec = json.loads(Path(args[1]).read_text())
     if args[0] == "burst":

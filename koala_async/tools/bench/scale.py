@@ -2,7 +2,7 @@
 Mosquitto (the embedded amqtt when Mosquitto is not installed).
 
 The client count ramps in steps (50, 100, 200, 300, 400, 600, 800 by default). Each step starts one more
-:mod:`koala_async.tools.loadgen` ``steady`` process with the extra clients (many MQTT connections per
+:mod:`koala_async.tools.bench.loadgen` ``steady`` process with the extra clients (many MQTT connections per
 process), waits until all are connected (each read the retained proxy set), then holds for ``hold``
 seconds. At the end of the hold it reads the server's retained status: updates accepted during the
 hold, and ``fuse_latency_recent`` (the server's own arrival-to-published latency over its last
@@ -24,7 +24,7 @@ from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
 from koala_async.io.transport import BrokerAddress, MqttTransport
 from koala_async.tools.brokers import broker_process, wait_listening
-from koala_async.tools.ingest import broker_kind
+from koala_async.tools.bench.ingest import broker_kind
 from koala_async.tools.processes import NodeProcess, ProcessSet
 
 FEDERATION = "bench-scale"
@@ -119,7 +119,7 @@ async def scale_run(settings: ScaleSettings, workdir: Path) -> dict[str, Any]:
                             "duration": 24 * 3600}  # reaped by the run; never ends on its own
                     (workdir / f"loadgen-{target}.spec.json").write_text(json.dumps(spec))
                     processes.add(NodeProcess(f"loadgen-{target}", "loadgen", {}, workdir, argv=[
-                        sys.executable, "-m", "koala_async.tools.loadgen", "steady",
+                        sys.executable, "-m", "koala_async.tools.bench.loadgen", "steady",
                         str(workdir / f"loadgen-{target}.spec.json")]))
                     processes.start(f"loadgen-{target}")
                     stats_files.append(stats_file)

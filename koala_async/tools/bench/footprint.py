@@ -1,4 +1,4 @@
-"""A client node's footprint, measured from outside: ``python -m koala_async.tools.footprint``.
+"""A client node's footprint, measured from outside: ``python -m koala_async.tools.bench.footprint``.
 
 What it runs: an embedded broker and (later) a real ServerNode in this process, and ``koala client``
 as a separate process with its own private ``.npz`` (what a device has: no dataset package), the
@@ -179,7 +179,7 @@ def measure_sync(**kwargs: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m koala_async.tools.footprint", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m koala_async.tools.bench.footprint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tier", default="image-tiny")
     parser.add_argument("--updates", type=int, default=3)

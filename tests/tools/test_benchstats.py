@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from koala_async.core.benchstats import (
+from koala_async.tools.bench.stats import (
     SUMMARY_KEYS,
     apply_target,
     auto_target,

@@ -16,7 +16,7 @@ session sees the other's messages):
   as the runtime's transport does (the iterator costs a task and an ``asyncio.wait`` per message).
 
 Both ratios divide by the faster raw subscriber of each round (``raw_best_rate``, a median over rounds).
-In every phase, publisher processes (:mod:`koala_async.tools.loadgen` ``burst``) connect many simulated
+In every phase, publisher processes (:mod:`koala_async.tools.bench.loadgen` ``burst``) connect many simulated
 clients, pre-encode valid Updates (proxy-sized float16 logits, the server's proxy id, distinct
 senders, increasing seqs) and publish them all at once on a go signal. A phase's rate is
 ``(N - 1) / (t_last - t_first)`` between the first and the N-th message the subscriber took in.
@@ -84,7 +84,7 @@ class _Phase:
             spec_path = self.dir / f"publisher-{i}.json"
             spec_path.write_text(json.dumps(spec))
             node = NodeProcess(f"{name}-pub{i}", "loadgen", {}, self.dir, argv=[
-                sys.executable, "-m", "koala_async.tools.loadgen", "burst", str(spec_path)])
+                sys.executable, "-m", "koala_async.tools.bench.loadgen", "burst", str(spec_path)])
             processes.add(node)
             processes.start(node.name)
             self.nodes.append(node)

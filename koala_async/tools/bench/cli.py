@@ -1,4 +1,4 @@
-"""The ``koala bench`` command line: arguments, and running :func:`koala_async.tools.bench.run_bench`."""
+"""The ``koala bench`` command line: arguments, and running :func:`koala_async.tools.bench.modes.run_bench`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import signal
 from pathlib import Path
 
-from koala_async.core.benchstats import MODES
+from koala_async.tools.bench.stats import MODES
 from koala_async.errors import ConfigError
 
 DEFAULT_SCENARIOS = ("scenarios/bench/stragglers-churn.toml", "scenarios/quickstart.toml")
@@ -34,9 +34,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> object:
     import dataclasses
 
-    from koala_async.tools.bench import QUICK_INGEST, QUICK_SCALE, BenchSettings
-    from koala_async.tools.ingest import IngestSettings
-    from koala_async.tools.scale import ScaleSettings
+    from koala_async.tools.bench.modes import QUICK_INGEST, QUICK_SCALE, BenchSettings
+    from koala_async.tools.bench.ingest import IngestSettings
+    from koala_async.tools.bench.scale import ScaleSettings
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -63,8 +63,8 @@ def _settings(args: argparse.Namespace) -> object:
 def bench_main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from koala_async.tools.bench import run_bench, write_outputs
-    from koala_async.tools.bench_view import modes_table, scale_table, summary_table
+    from koala_async.tools.bench.modes import run_bench, write_outputs
+    from koala_async.tools.bench.view import modes_table, scale_table, summary_table
     from koala_async.tools.cli import run_async
     from koala_async.tools.scenario import load_scenario
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from koala_async.core.benchstats import MODES, apply_target, auto_target, mode_row, summarize
+from koala_async.tools.bench.stats import MODES, apply_target, auto_target, mode_row, summarize
 from koala_async.errors import KoalaError
-from koala_async.tools.ingest import IngestSettings, ingest_benchmark
-from koala_async.tools.scale import ScaleSettings, scale_run
+from koala_async.tools.bench.ingest import IngestSettings, ingest_benchmark
+from koala_async.tools.bench.scale import ScaleSettings, scale_run
 from koala_async.tools.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -149,6 +149,6 @@ def write_outputs(result: dict[str, Any], report_path: str | None, plot_path: st
         Path(report_path).parent.mkdir(parents=True, exist_ok=True)
         Path(report_path).write_text(json.dumps(result, indent=2))
     if plot_path:
-        from koala_async.tools.bench_view import plot_modes
+        from koala_async.tools.bench.view import plot_modes
 
         plot_modes(result, plot_path)
