@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,30 @@ class ServerStore:
         self.journal = Journal(self.directory)
         meta = {k: v for k, v in saved.items() if k not in ("learner", "pending")}
         return pending, list(self.journal.replay(self._journal_from)), meta
+
+    def resume(self, state: Any, learner: Any, limits: Any) -> dict[str, Any]:
+        """Restore ``state`` and ``learner`` from the checkpoint, queue the updates it held as pending,
+        and re-admit those the journal recorded after it (blocking). Returns the checkpoint's metadata
+        (``seq``, ``epoch``...; empty without a checkpoint)."""
+        from koala_async.core.envelope import Update, decode
+        from koala_async.core.server_state import Arrival
+        from koala_async.errors import MessageError
+
+        pending, journal, meta = self.load(state, learner, learner.identity())
+        now, now_ms = time.monotonic(), int(time.time() * 1000)
+        for envelope in pending:  # counted before the checkpoint, not yet fused
+            state.pending.append(Arrival(decode(envelope, limits), envelope, now))
+        for envelope in journal:  # accepted after the checkpoint: count them again
+            try:
+                update = decode(envelope, limits)
+            except MessageError as exc:  # cannot happen for records we wrote; do not die over it
+                log.warning("journal record skipped: %s", exc)
+                continue
+            if isinstance(update, Update) and state.seen.check(update.sender, update.seq, now_ms) is None:
+                state.accept(update, envelope, max(state.version - update.base_version, 0), now, now_ms)
+        if pending or journal:
+            log.info("resumed with %d pending updates", len(state.pending))
+        return meta
 
     @staticmethod
     def _restore_counters(state: Any, saved: dict[str, Any]) -> None:

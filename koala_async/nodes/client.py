@@ -18,25 +18,23 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from contextlib import AsyncExitStack
 from typing import Any
 
-from koala_async.core.envelope import Ack, Limits, Message, decode, encode
+from koala_async.core.envelope import Ack, Limits
 from koala_async.core.knowledge_gate import KnowledgeGate
 from koala_async.core.rejects import RejectCounter
 from koala_async.core.server_signing import parse_public_key
 from koala_async.core.retention import AddResult
-from koala_async.core.signing import sign, unwrap
 from koala_async.core.topics import Topics
-from koala_async.errors import MessageError
 from koala_async.io.base import LinkOptions, Transport, TransportFactory, Will
 from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
+from koala_async.nodes.outbox import Outbox
 from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ClientConfig, TrainSettings
-from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, TierChanged, UpdateAccepted,
-                                      UpdatePublished, UpdateRejected, link_listener)
+from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, TierChanged, link_listener)
 from koala_async.nodes.modes import client_task
 from koala_async.nodes.readiness import Readiness
 from koala_async.nodes.workers import Workers
@@ -63,15 +61,13 @@ class ClientNode:
         self._workers = Workers()  # training and probing threads, joined on exit
         self.readiness = Readiness(config, self.task, self.samples, self._workers)
         self.state = "starting"
-        self.updates_sent = self.updates_accepted = self.bytes_up = self.bytes_down = 0
-        self.updates_rejected: Counter[str] = Counter()
+        self.bytes_down = 0
         self._events = EventHub(config.node_id, config.event_queue)
-        self._sent_seqs: deque[int] = deque(maxlen=1024)  # seqs we published: the acks we expect
         self._initial: Any = None  # data loaded by _prepare
-        self._store = ClientState(config.state_dir) if config.state_dir else None
-        self._seq = SeqCounter()
-        if self._store is not None:
-            self._seq = SeqCounter(max(self._seq.value, self._store.last_seq()))
+        store = ClientState(config.state_dir) if config.state_dir else None
+        self._seq = SeqCounter(max(SeqCounter().value, store.last_seq() if store else 0))
+        self.outbox = Outbox(config.node_id, self.topics.update(config.node_id), self._events, store,
+                             config.signing_key)
         self._done = asyncio.Event()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,6 +85,18 @@ class ClientNode:
             on_link=link_listener(self._events, config.broker)))
 
     # -- what callers use ----------------------------------------------------------------------
+
+    @property
+    def updates_sent(self) -> int:
+        return self.outbox.sent
+
+    @property
+    def updates_accepted(self) -> int:
+        return self.outbox.accepted
+
+    @property
+    def updates_rejected(self) -> Counter[str]:
+        return self.outbox.rejected
 
     @property
     def knowledge(self) -> Any:
@@ -181,7 +189,9 @@ class ClientNode:
                 continue
             message = verdict.message
             if isinstance(message, Ack):
-                self._on_ack(message, msg.topic)
+                refused = self.outbox.on_ack(message)
+                if refused:
+                    self.rejects.reject(refused, f"seq={message.update_seq}", msg.topic)
                 continue
             before = self.task.version
             reason = self.task.take(msg.topic, message, self.inputs)
@@ -189,19 +199,6 @@ class ClientNode:
                 self.rejects.reject(reason, type(message).__name__, msg.topic)
             elif self.task.version != before and self.task.version is not None:
                 self._events.emit(KnowledgeChanged(self.config.node_id, self.task.version, before))
-
-    def _on_ack(self, ack: Ack, topic: str) -> None:
-        if ack.client != self.config.node_id or ack.update_seq not in self._sent_seqs:
-            self.rejects.reject("unknown_ack", f"seq={ack.update_seq}", topic)
-            return
-        self._sent_seqs.remove(ack.update_seq)
-        node = self.config.node_id
-        if ack.accepted:
-            self.updates_accepted += 1
-            self._events.emit(UpdateAccepted(node, node, ack.update_seq, ack.version, ack.staleness))
-        else:
-            self.updates_rejected[ack.reason] += 1
-            self._events.emit(UpdateRejected(node, node, ack.update_seq, ack.version, ack.reason))
 
     # -- contributing --------------------------------------------------------------------------
 
@@ -213,8 +210,9 @@ class ClientNode:
         cfg = self.config
         await self._report(self.task.waiting)
         await self.task.ready.wait()
-        await self._resume_pending()
-        while cfg.max_updates == 0 or self.updates_sent < cfg.max_updates:
+        await self.outbox.resume(self.transport, self.limits, self.task.still_valid,
+                                 lambda: self.task.version is not None, self.task.tier or "")
+        while cfg.max_updates == 0 or self.outbox.sent < cfg.max_updates:
             self.state = "idle"
             await self.readiness.next_turn(self._report)
             await self._ensure_model()
@@ -247,46 +245,10 @@ class ClientNode:
         message = await self._workers.run(self.task.train, x, y, self.samples.label_counts(), self._workers.stop)
         self.readiness.trained_on = (version, seen)
         await self.readiness.pace(started, self.task.knowledge is not None)
-        await self._publish(dataclasses.replace(message, seq=self._seq.next(), sent_at=time.time()))
-
-    async def _publish(self, message: Message, payload: bytes | None = None) -> None:
-        cfg = self.config
-        if payload is None:
-            payload = encode(message)
-            if cfg.signing_key:
-                payload = sign(payload, cfg.signing_key.encode())
-            if self._store is not None:
-                self._store.save_pending(payload, message.seq)
         self.state = "publishing"
-        self._sent_seqs.append(message.seq)  # before publishing: the ack may beat the PUBACK
-        await self.transport.publish(self.topics.update(cfg.node_id), payload, qos=1)
-        if self._store is not None:
-            self._store.clear_pending()  # PUBACK received: the broker holds it now
-        self.updates_sent += 1
-        self.bytes_up += len(payload)
-        self._events.emit(UpdatePublished(cfg.node_id, message.seq, getattr(message, "base_version", 0),
-                                          self.task.tier or "", getattr(message, "n_samples", 0), len(payload)))
+        message = dataclasses.replace(message, seq=self._seq.next(), sent_at=time.time())
+        await self.outbox.send(self.transport, message, self.task.tier or "")
         await self._publish_status()
-
-    async def _resume_pending(self) -> None:
-        """Publish an update a crash left unacknowledged, unless it has gone stale meanwhile."""
-        payload = self._store.pending() if self._store is not None else None
-        if payload is None:
-            return
-        assert self._store is not None
-        if self.task.version is None:  # retained knowledge normally arrives with the proxy set
-            await asyncio.sleep(1.0)
-        try:
-            message = decode(unwrap(payload)[0], self.limits)
-            reason = self.task.still_valid(message)
-        except MessageError as exc:
-            reason = f"unreadable ({exc.reason})"
-        if reason:
-            log.warning("%s: discarding the pending update left by a crash: %s", self.config.node_id, reason)
-            self._store.clear_pending()
-            return
-        log.info("%s: publishing the pending update left by a crash", self.config.node_id)
-        await self._publish(message, payload)
 
     # -- status --------------------------------------------------------------------------------
 
@@ -301,9 +263,9 @@ class ClientNode:
             "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
             "rss_peak_bytes": peak_rss_bytes(), "resources": self.readiness.resources.summary(),
             "n_samples": len(self.samples), "samples_seen": self.samples.seen,
-            "updates_sent": self.updates_sent, "updates_accepted": self.updates_accepted,
-            "updates_rejected": dict(self.updates_rejected), "events_dropped": self._events.dropped,
-            "knowledge_version": self.task.version or 0, "bytes_up": self.bytes_up,
+            "updates_sent": self.outbox.sent, "updates_accepted": self.outbox.accepted,
+            "updates_rejected": dict(self.outbox.rejected), "events_dropped": self._events.dropped,
+            "knowledge_version": self.task.version or 0, "bytes_up": self.outbox.bytes_up,
             "bytes_down": self.bytes_down, "rejected": dict(self.rejects.counts),
             "last_loss": None if loss != loss else round(loss, 4),
         }

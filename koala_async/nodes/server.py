@@ -24,10 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from koala_async.core.envelope import Limits, Status, Update, decode, encode
+from koala_async.core.envelope import Limits, Status, decode, encode
 from koala_async.core.rejects import RejectCounter
 from koala_async.core.server_signing import ServerSigner, load_private_key, next_epoch
-from koala_async.core.server_state import Arrival, ServerMetrics, ServerState, Verdict
+from koala_async.core.server_state import ServerMetrics, ServerState, Verdict
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
@@ -37,7 +37,8 @@ from koala_async.io.transport import stop_tasks
 from koala_async.nodes.acks import AckSender
 from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ServerConfig
-from koala_async.nodes.events import EventHub, EventStream, KnowledgeChanged, UpdateAccepted, UpdateRejected, link_listener
+from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, UpdateAccepted, UpdateRejected,
+                                      link_listener)
 from koala_async.nodes.modes import server_parts
 from koala_async.nodes.pacing import Batch
 
@@ -59,7 +60,8 @@ class ServerNode:
         self.pacing, self.learner = server_parts(config, self.topics, self._seq.next)
         self.state = ServerState(self.learner.admit, self.pacing.gate, latency_window=config.latency_window,
                                  rejects=RejectCounter(log))
-        self.store = ServerStore(config.state_dir) if config.state_dir and not config.mode.exchanges_weights else None
+        self.store = (ServerStore(config.state_dir) if config.state_dir and not config.mode.exchanges_weights
+                      else None)
         self.keys: dict[str, bytes] | None = None
         self.acks = AckSender(self.topics, config.node_id, self._seq)
         self._events = EventHub(config.node_id)
@@ -99,8 +101,8 @@ class ServerNode:
 
     def snapshot(self) -> dict[str, Any]:
         """The server's counters, as published in its status and written to its report."""
-        return {"mode": self.config.mode.value, **self.state.snapshot(time.monotonic()), **self.learner.snapshot(),
-                **self.pacing.snapshot(), "uptime": round(time.monotonic() - self._started, 3),
+        return {"mode": self.config.mode.value, **self.state.snapshot(time.monotonic()),
+                **self.learner.snapshot(), **self.pacing.snapshot(), "uptime": round(time.monotonic() - self._started, 3),
                 "acks_dropped": self.acks.dropped, "handler_errors": self.transport.stats.handler_errors}
 
     def events(self, maxsize: int | None = None) -> EventStream:
@@ -124,31 +126,13 @@ class ServerNode:
             self.keys = load_keys(self.config.keys_file)
         if self.config.server_key_file:
             self._signer = ServerSigner(load_private_key(self.config.server_key_file), self.config.federation)
-        previous_epoch = self._resume(self.store) if self.store is not None else None
-        self.epoch = next_epoch(previous_epoch, int(time.time() * 1000))
+        meta = self.store.resume(self.state, self.learner, self.limits) if self.store is not None else {}
+        self._seq.value = max(self._seq.value, int(meta.get("seq", 0)))
+        self.epoch = next_epoch(meta.get("epoch"), int(time.time() * 1000))
         if not self.state.metrics.timeline:
             self.state.metrics.timeline.append((0.0, 0, self.learner.test_accuracy))
         self.pacing.resume(self.state)
         self._retain(self.state.version, full=True)
-
-    def _resume(self, store: ServerStore) -> int | None:
-        """Load the checkpoint and journal; returns the epoch of the run that wrote them (None: none)."""
-        pending, journal, meta = store.load(self.state, self.learner, self.learner.identity())
-        self._seq.value = max(self._seq.value, int(meta.get("seq", 0)))
-        now, now_ms = time.monotonic(), int(time.time() * 1000)
-        for envelope in pending:  # counted before the checkpoint, not yet fused
-            self.state.pending.append(Arrival(decode(envelope, self.limits), envelope, now))
-        for envelope in journal:  # accepted after the checkpoint: count them again
-            try:
-                update = decode(envelope, self.limits)
-            except MessageError as exc:  # cannot happen for records we wrote; do not die over it
-                log.warning("journal record skipped: %s", exc)
-                continue
-            if isinstance(update, Update) and self.state.seen.check(update.sender, update.seq, now_ms) is None:
-                self.state.accept(update, envelope, max(self.state.version - update.base_version, 0), now, now_ms)
-        if pending or journal:
-            log.info("resumed with %d pending updates", len(self.state.pending))
-        return meta.get("epoch")
 
     async def __aenter__(self) -> ServerNode:
         await asyncio.to_thread(self._prepare)
@@ -209,7 +193,8 @@ class ServerNode:
         if verdict.accepted:
             if self.store is not None:
                 self.store.append(envelope)  # durable first, counted second
-            self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(), now_ms)
+            self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(),
+                              now_ms)
             self._arrived.set()
         self._tell(verdict)
 
@@ -251,7 +236,8 @@ class ServerNode:
     async def _advance(self, batch: Batch) -> None:
         """Learn from ``batch``, then make the next version durable and publish it."""
         started = time.perf_counter()
-        await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps, self._stop)
+        await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps,
+                                self._stop)
         self.state.metrics.distill_seconds += time.perf_counter() - started
         version = self.state.version + 1
         if self.store is not None:
@@ -265,8 +251,8 @@ class ServerNode:
         self._events.emit(KnowledgeChanged(self.config.node_id, version, version - 1))
         self.pacing.published(self.state)
         await self._publish_status()
-        log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", version, self.learner.test_accuracy,
-                 self.state.metrics.accepted, self.state.rejects.total)
+        log.info("version %d: test accuracy %.3f (%d accepted, %d rejected)", version,
+                 self.learner.test_accuracy, self.state.metrics.accepted, self.state.rejects.total)
 
     async def _checkpoint(self, version: int) -> None:
         assert self.store is not None
