@@ -194,3 +194,57 @@ def test_fusion_config_validation() -> None:
         FusionConfig(sample_weighting="log")
     with pytest.raises(ValueError):
         FusionConfig(trim_fraction=0.5)
+
+
+def test_staleness_enters_once_at_arrival_and_decays_after() -> None:
+    """A contribution 8 versions stale weighs w(8) = 1/3 when it arrives (polynomial, a = 0.5), not
+    w(8)**2 = 1/9, and keeps decaying along w afterwards."""
+    policy = StalenessPolicy("polynomial", a=0.5)
+    fusion = Fusion(1, 2, EXACT, policy)
+    assert fusion.add("fresh", "t", 8, logits_of([[0.9, 0.1]]), None, version=8) == pytest.approx(1.0)
+    assert fusion.add("stale", "t", 0, logits_of([[0.1, 0.9]]), None, version=8) == pytest.approx(1 / 3)
+    assert fusion.current_weights(8) == {"fresh": pytest.approx(1.0), "stale": pytest.approx(1 / 3)}
+    targets, _ = fusion.targets(8)
+    np.testing.assert_allclose(targets[0], (np.array([0.9, 0.1]) + np.array([0.1, 0.9]) / 3) / (4 / 3), atol=1e-6)
+    # 7 versions later: fresh is 7 old, stale 15 old
+    weights = fusion.current_weights(15)
+    assert weights["fresh"] == pytest.approx(1 / np.sqrt(8)) and weights["stale"] == pytest.approx(1 / 4)
+
+
+def test_step_scale_damps_a_stale_arrival_even_alone() -> None:
+    fusion = Fusion(1, 2, EXACT, StalenessPolicy("polynomial", a=0.5))
+    assert fusion.step_scale(0) == 1.0
+    assert fusion.step_scale(8) == pytest.approx(1 / 3)
+    assert Fusion(1, 2, EXACT, CONSTANT).step_scale(8) == 1.0
+
+
+def test_size_claims_are_capped_relative_to_recent_senders() -> None:
+    """A client claiming 2**40 samples first is brought down to 2x the median once others arrive."""
+    fusion = Fusion(1, 2, FusionConfig(temperature=1.0, confidence_power=0.0, max_certainty=1.0),
+                    CONSTANT)
+    fusion.add("liar", "t", 0, logits_of([[0.1, 0.9]]), None, n_samples=2**40)
+    for k in range(9):
+        fusion.add(f"h{k}", "t", 0, logits_of([[0.9, 0.1]]), None, n_samples=100)
+    weights = fusion.current_weights(0)
+    assert weights["liar"] == pytest.approx(2 * 10.0)  # 2 x sqrt(100)
+    assert all(weights[f"h{k}"] == pytest.approx(10.0) for k in range(9))
+    share = 20 / (20 + 90)
+    np.testing.assert_allclose(fusion.targets(0)[0][0], share * np.array([0.1, 0.9]) + (1 - share) * np.array(
+        [0.9, 0.1]), atol=1e-6)
+    # a size the server knows caps the claim before the median does
+    fusion.add("known", "t", 0, logits_of([[0.9, 0.1]]), None, n_samples=10**6, known_size=25)
+    assert fusion.current_weights(0)["known"] == pytest.approx(5.0)
+
+
+def test_a_one_hot_claim_counts_as_bounded_certainty() -> None:
+    """One-hot logits of +-65504 weigh no more than ``max_certainty`` lets them."""
+    cfg = FusionConfig(sample_weighting="none", max_certainty=0.4)
+    fusion = Fusion(1, 10, cfg, CONSTANT)
+    extreme = np.full((1, 10), -65504, dtype=np.float16)
+    extreme[0, 3] = 65504
+    fusion.add("x", "t", 0, extreme, None)
+    probs = fusion.contributions["x"].probs[0]
+    assert probs.max() == pytest.approx(0.1 + 0.4 * 0.9) and probs.argmax() == 3
+    assert probs.max() - np.delete(probs, 3).max() == pytest.approx(0.4)
+    with pytest.raises(ValueError):
+        FusionConfig(max_certainty=0.0)
