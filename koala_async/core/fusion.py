@@ -18,11 +18,21 @@ one arrival moves the large model is damped by :meth:`Fusion.step_scale` ``= w(s
 a stale arrival moves the model less even when it is the only contributor.
 
 Per sample and class, ``mean`` fuses ``sum_k weight_k(v) W_k[i,c] p_k[i,c] / sum_k weight_k(v) W_k[i,c]``
-where ``W_k[i,c] = conf_k[i]**confidence_power * h_k[c]``: ``conf`` is the bounded top probability and
-``h_k`` the client's class shares from its label histogram (uniform ``1/C`` when it sends none, or
-when ``class_weighting`` is off). The sums are kept incrementally
-(:mod:`koala_async.core.fusion_sums`): an arrival, a replacement or a forget costs O(n_k C) for the
-``n_k`` samples it covers, and targets cost O(buckets N C), independent of the number of clients.
+where ``W_k[i,c] = g_k[i] * h_k[c]``. ``h_k`` is the client's class shares from its label histogram
+(uniform ``1/C`` when it sends none, or when ``class_weighting`` is off). ``g_k[i]`` is its confidence
+factor on sample ``i``, from ``conf_k[i]``, the bounded top probability::
+
+    relative (default):  g_k[i] = min((conf_k[i] / mean_j conf_k[j]) ** power, max_weight_ratio)
+    absolute:            g_k[i] = conf_k[i] ** power          (power: confidence_power)
+
+*Relative* confidence decides where a client's weight goes, not how much it has: a non-IID client
+still teaches mostly the samples it is sure of, but a client claiming certainty everywhere gets
+``g = 1`` everywhere, and no client gets more than ``max_weight_ratio`` times its share on any
+sample. (*Absolute* lets a confident client outweigh diffuse honest ones several times over.)
+
+The sums are kept incrementally (:mod:`koala_async.core.fusion_sums`): an arrival, a replacement or a
+forget costs O(n_k C) for the ``n_k`` samples it covers, and targets cost O(buckets N C), independent
+of the number of clients.
 
 **Forgetting.** A contribution goes away when its sender sends a newer one (replaced), on
 :meth:`Fusion.forget` (goodbye, last will), on :meth:`Fusion.evict_silent` (no arrival for too many
@@ -51,6 +61,7 @@ from koala_async.core.staleness import StalenessPolicy
 __all__ = ["METHODS", "SAMPLE_WEIGHTING", "Contribution", "Fusion", "FusionConfig", "size_factor", "softmax"]
 
 METHODS = ("mean", "median", "trimmed", "filtered")
+CONFIDENCE = ("relative", "absolute")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -88,6 +99,7 @@ class FusionConfig:
     # a client is confident on the classes it has seen and diffuse elsewhere, so each sample is taught
     # mostly by the clients that know it; max_certainty keeps a claimed certainty from buying more.
     confidence_power: float = 1.0
+    confidence: str = "relative"  # relative | absolute (see the module docstring)
     trim_fraction: float = 0.2
     agreement_floor: float = 0.25  # ``filtered``: least agreement with the consensus to be kept
     # With label histograms from clients, judge each class's probability by the clients that hold it.
@@ -101,6 +113,8 @@ class FusionConfig:
         if self.method not in METHODS:
             raise ValueError(f"fusion method {self.method!r} is not one of {METHODS}")
         size_factor(1, self.sample_weighting)
+        if self.confidence not in CONFIDENCE:
+            raise ValueError(f"confidence {self.confidence!r} is not one of {CONFIDENCE}")
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError("trim_fraction must be in [0, 0.5)")
         if not 0 < self.max_certainty <= 1:
@@ -279,7 +293,10 @@ class Fusion:
         p = contrib.probs.astype(np.float64)
         w = np.full(len(p), contrib.base_weight)
         if self.config.confidence_power:
-            w *= p.max(axis=1) ** self.config.confidence_power
+            factor = p.max(axis=1) ** self.config.confidence_power
+            if self.config.confidence == "relative" and len(factor):
+                factor = np.minimum(factor / factor.mean(), self.config.max_weight_ratio)
+            w *= factor
         per_class = (contrib.class_weights if contrib.class_weights is not None
                      else np.full(self.num_classes, 1.0 / self.num_classes))
         weights = w[:, None] * per_class[None, :]

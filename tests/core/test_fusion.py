@@ -129,7 +129,7 @@ def test_staleness_decay_makes_an_old_contribution_weigh_less() -> None:
 
 def test_confidence_power_favours_the_confident_client() -> None:
     cfg = FusionConfig(temperature=1.0, confidence_power=1.0, class_weighting=False, sample_weighting="none",
-                       max_certainty=1.0)
+                       max_certainty=1.0, confidence="absolute")
     fusion = Fusion(1, 2, cfg, CONSTANT)
     fusion.add("sure", "t", 0, logits_of([[0.9, 0.1]]), None)
     fusion.add("unsure", "t", 0, logits_of([[0.4, 0.6]]), None)
@@ -248,3 +248,28 @@ def test_a_one_hot_claim_counts_as_bounded_certainty() -> None:
     assert probs.max() - np.delete(probs, 3).max() == pytest.approx(0.4)
     with pytest.raises(ValueError):
         FusionConfig(max_certainty=0.0)
+
+
+def test_relative_confidence_moves_a_clients_weight_between_samples_but_never_adds_to_it() -> None:
+    """Relative confidence: a client sure on sample 0 and unsure on sample 1 teaches sample 0 more;
+    a client certain everywhere weighs what a client unsure everywhere weighs."""
+    cfg = FusionConfig(temperature=1.0, class_weighting=False, sample_weighting="none", max_certainty=1.0,
+                       max_weight_ratio=10.0)
+    fusion = Fusion(2, 2, cfg, CONSTANT)
+    fusion.add("knows-0", "t", 0, logits_of([[0.9, 0.1], [0.5, 0.5]]), None)  # conf 0.9, 0.5: mean 0.7
+    fusion.add("sure", "t", 0, logits_of([[0.2, 0.8], [0.2, 0.8]]), None)  # conf 0.8 everywhere
+    targets, _ = fusion.targets(0)
+    g0, g1 = 0.9 / 0.7, 0.5 / 0.7
+    np.testing.assert_allclose(targets[0], (g0 * np.array([0.9, 0.1]) + np.array([0.2, 0.8])) / (g0 + 1), atol=1e-6)
+    np.testing.assert_allclose(targets[1], (g1 * np.array([0.5, 0.5]) + np.array([0.2, 0.8])) / (g1 + 1), atol=1e-6)
+    # capped at max_weight_ratio times the client's share on any one sample
+    capped = Fusion(100, 10, FusionConfig(class_weighting=False, sample_weighting="none", max_certainty=1.0),
+                    CONSTANT)
+    spike = np.zeros((100, 10), np.float32)
+    spike[0, 3] = 60.0  # one-hot on sample 0, uniform on the other 99
+    capped.add("spiky", "t", 0, spike, None)
+    terms = capped._terms(capped.contributions["spiky"])[1].sum(axis=1)
+    assert terms[0] == pytest.approx(2.0)  # 1.0 / mean 0.109 = 9.2, capped at 2
+    np.testing.assert_allclose(terms[1:], 0.1 / 0.109, rtol=1e-3)
+    with pytest.raises(ValueError):
+        FusionConfig(confidence="loud")

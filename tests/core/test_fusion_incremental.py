@@ -27,9 +27,12 @@ def reference_targets(entries: dict[str, dict], version: int, config: FusionConf
         if version - e["base"] > policy.max_staleness:
             continue
         decay = policy.weight(max(version - e["base"], 0))
+        confs = e["probs"].max(axis=1) ** config.confidence_power
+        if config.confidence == "relative":
+            confs = np.minimum(confs / confs.mean(), config.max_weight_ratio)
         for row, i in enumerate(e["ids"]):
             p = e["probs"][row]
-            conf = p.max() ** config.confidence_power
+            conf = confs[row]
             shares = e["shares"] if e["shares"] is not None else np.full(C, 1.0 / C)
             w = e["trust"] * decay * conf * shares
             acc[i] += w * p
@@ -66,10 +69,13 @@ operation = st.tuples(
        kind=st.sampled_from(("constant", "polynomial", "hinge")),
        certainty=st.sampled_from((1.0, 0.5, 0.2)),
        power=st.sampled_from((0.0, 1.0, 2.0)),
+       confidence=st.sampled_from(("relative", "absolute")),
        max_staleness=st.integers(0, 6))
-def test_incremental_targets_equal_a_full_recomputation(ops, kind, certainty, power, max_staleness) -> None:
+def test_incremental_targets_equal_a_full_recomputation(ops, kind, certainty, power, confidence,
+                                                        max_staleness) -> None:
     policy = StalenessPolicy(kind, a=0.7, b=1, max_staleness=max_staleness)
-    config = FusionConfig(sample_weighting="none", max_certainty=certainty, confidence_power=power)
+    config = FusionConfig(sample_weighting="none", max_certainty=certainty, confidence_power=power,
+                          confidence=confidence)
     p_max = 1 / C + certainty * (1 - 1 / C)
     fusion = Fusion(N, C, config, policy)
     entries: dict[str, dict] = {}

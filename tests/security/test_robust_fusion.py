@@ -8,6 +8,8 @@ the server's bounds) stays within 2 points of its clean accuracy; the same mean 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -16,11 +18,12 @@ from koala_async.core.staleness import StalenessPolicy
 from koala_async.tools.robustness import attack, poison
 
 N, C = 300, 10
-UNBOUNDED = {"max_certainty": 1.0, "max_weight_ratio": 1e18}
+# what the server ran before: absolute confidence weighting, sqrt(n_samples), nothing capped
+UNBOUNDED = {"max_certainty": 1.0, "max_weight_ratio": 1e18, "confidence": "absolute", "sample_weighting": "sqrt"}
 
 
 def _fused_accuracy(method: str, adversaries: int, kind: str = "permuted", seed: int = 0,
-                    **config: float) -> tuple[float, set[str]]:
+                    **config: Any) -> tuple[float, set[str]]:
     rng = np.random.default_rng(seed)
     truth = rng.integers(0, C, N)
     fusion = Fusion(N, C, FusionConfig(method=method, **config), StalenessPolicy())
