@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -104,7 +105,7 @@ class SizeWindow:
             state[f"size/{j}/sender"] = sender
         return state
 
-    def load_state(self, state: dict[str, object]) -> None:
+    def load_state(self, state: Mapping[str, object]) -> None:
         """Restore what :meth:`to_state` wrote (senders in arrival order)."""
         factors = np.asarray(state["size/factors"], dtype=np.float64)
         count = int(state["size/count"])  # type: ignore[call-overload]

@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -245,7 +246,7 @@ class Fusion:
         return state
 
     @classmethod
-    def from_state(cls, state: dict[str, object], n_proxy: int, num_classes: int, config: FusionConfig,
+    def from_state(cls, state: Mapping[str, object], n_proxy: int, num_classes: int, config: FusionConfig,
                    policy: StalenessPolicy) -> Fusion:
         """A fusion holding what :meth:`to_state` wrote; a missing or misshapen entry raises
         ``ValueError`` naming its key."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -169,7 +171,7 @@ def _honest_and_outlier(n: int = 40, c: int = 10, seed: int = 0):
 def test_robust_methods_resist_one_outlier_client(method: str) -> None:
     truth, honest, bad = _honest_and_outlier()
 
-    def fuse(method: str, **bounds: float) -> np.ndarray:
+    def fuse(method: str, **bounds: Any) -> np.ndarray:
         cfg = FusionConfig(method=method, temperature=1.0, sample_weighting="linear", trim_fraction=0.2,
                            **bounds)
         fusion = Fusion(len(truth), 10, cfg, CONSTANT)

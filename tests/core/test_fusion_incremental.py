@@ -27,12 +27,12 @@ def reference_targets(entries: dict[str, dict], version: int, config: FusionConf
         if version - e["base"] > policy.max_staleness:
             continue
         decay = policy.weight(max(version - e["base"], 0))
-        confs = e["probs"].max(axis=1) ** config.confidence_power
+        confs: np.ndarray = e["probs"].max(axis=1) ** config.confidence_power
         if config.confidence == "relative":
             confs = np.minimum(confs / confs.mean(), config.max_weight_ratio)
-        for row, i in enumerate(e["ids"]):
-            p = e["probs"][row]
-            conf = confs[row]
+        for j, i in enumerate(e["ids"]):
+            p = e["probs"][j]
+            conf = confs[j]
             shares = e["shares"] if e["shares"] is not None else np.full(C, 1.0 / C)
             w = e["trust"] * decay * conf * shares
             acc[i] += w * p

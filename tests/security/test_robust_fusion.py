@@ -19,7 +19,7 @@ from koala_async.tools.robustness import attack, poison
 
 N, C = 300, 10
 # what the server ran before: absolute confidence weighting, sqrt(n_samples), nothing capped
-UNBOUNDED = {"max_certainty": 1.0, "max_weight_ratio": 1e18, "confidence": "absolute", "sample_weighting": "sqrt"}
+UNBOUNDED: dict[str, Any] = {"max_certainty": 1.0, "max_weight_ratio": 1e18, "confidence": "absolute", "sample_weighting": "sqrt"}
 
 
 def _fused_accuracy(method: str, adversaries: int, kind: str = "permuted", seed: int = 0,
