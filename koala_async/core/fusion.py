@@ -95,7 +95,9 @@ class Contribution:
 class FusionConfig:
     method: str = "mean"
     temperature: float = 3.0
-    sample_weighting: str = "sqrt"
+    # "none": a client's claimed data size buys it nothing (chosen on validation, docs/fusion.md);
+    # sqrt / linear are capped at max_weight_ratio times the recent median.
+    sample_weighting: str = "none"
     # Weight each client's vote on a sample by its own (bounded) confidence there. With non-IID shards
     # a client is confident on the classes it has seen and diffuse elsewhere, so each sample is taught
     # mostly by the clients that know it; max_certainty keeps a claimed certainty from buying more.

@@ -222,8 +222,8 @@ def test_step_scale_damps_a_stale_arrival_even_alone() -> None:
 
 def test_size_claims_are_capped_relative_to_recent_senders() -> None:
     """A client claiming 2**40 samples first is brought down to 2x the median once others arrive."""
-    fusion = Fusion(1, 2, FusionConfig(temperature=1.0, confidence_power=0.0, max_certainty=1.0),
-                    CONSTANT)
+    fusion = Fusion(1, 2, FusionConfig(temperature=1.0, confidence_power=0.0, max_certainty=1.0,
+                                       sample_weighting="sqrt"), CONSTANT)
     fusion.add("liar", "t", 0, logits_of([[0.1, 0.9]]), None, n_samples=2**40)
     for k in range(9):
         fusion.add(f"h{k}", "t", 0, logits_of([[0.9, 0.1]]), None, n_samples=100)
