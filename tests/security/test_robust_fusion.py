@@ -15,7 +15,7 @@ import pytest
 
 from koala_async.core.fusion import Fusion, FusionConfig
 from koala_async.core.staleness import StalenessPolicy
-from koala_async.tools.robustness import attack, poison
+from koala_async.tools.robustness import attack, halves, parse_overrides, poison
 
 N, C = 300, 10
 # what the server ran before: absolute confidence weighting, sqrt(n_samples), nothing capped
@@ -70,3 +70,22 @@ def test_poison_is_a_derangement() -> None:
     z = np.arange(20, dtype=np.float32).reshape(2, 10)
     moved = poison(z, 3)
     assert sorted(moved[0]) == sorted(z[0]) and not (moved == z).any()
+
+
+def test_the_tool_tunes_on_a_validation_half_disjoint_from_the_test_half() -> None:
+    y = np.repeat(np.arange(10), 37)
+    val, test = halves(y, 0)
+    assert not set(val) & set(test) and len(val) + len(test) == len(y)
+    assert (np.bincount(y[val]) == 18).all()  # stratified
+    assert parse_overrides(["max_certainty=0.2", "class_weighting=false"]) == FusionConfig(
+        max_certainty=0.2, class_weighting=False)
+    with pytest.raises(ValueError, match="p_max"):
+        parse_overrides(["p_max=0.5"])
+
+
+def test_attacks_are_valid_messages() -> None:
+    z = np.random.default_rng(0).normal(size=(5, 10)).astype(np.float16)
+    extreme, n = attack("extreme_logits", z, 40, 1)
+    assert np.isfinite(extreme).all() and extreme.dtype == np.float16 and n == 40
+    assert (extreme.argmax(axis=1) == extreme[0].argmax()).all() and np.abs(extreme).max() == 65504
+    assert attack("huge_n_samples", z, 40, 1)[1] == 2**40
