@@ -8,6 +8,11 @@ built on. The policies are the ones studied for asynchronous FL:
 - ``hinge``:       w(s) = 1 if s <= b else 1 / (a (s - b) + 1)     (FedAsync)
 
 An update with ``s > max_staleness`` is dropped with reason ``stale``.
+
+The weight enters the fusion exactly once: a contribution built on version ``b`` weighs
+``base * w(v - b)`` at server version ``v`` (``w(s)`` at arrival, decaying afterwards), and the
+server scales how far one arrival moves the large model by ``w(s)`` (``Fusion.step_scale``). Base
+weights never include ``w``; see :mod:`koala_async.core.fusion`.
 """
 
 from __future__ import annotations

@@ -284,10 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("robustness", help="robust vs mean fusion with adversarial clients (in-process)")
-    p.add_argument("--clients", type=int, default=10)
-    p.add_argument("--adversaries", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", help="write the results here")
+    from koala_async.tools.robustness import add_arguments as robustness_arguments
+
+    robustness_arguments(p)
     p.set_defaults(func=cmd_robustness)
     return parser
 

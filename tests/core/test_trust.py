@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from koala_async.core.fusion import Fusion, FusionConfig
 from koala_async.core.staleness import StalenessPolicy
-from koala_async.core.trust import TierTrust, TrustConfig, agreement
+from koala_async.core.trust import OVERFLOW, TierTrust, TrustConfig, agreement
 
 N, C = 40, 4
 
@@ -80,12 +84,48 @@ def test_heterogeneous_fusion_follows_the_trusted_tier(reference: np.ndarray) ->
     good, bad = noisy(reference, 0.0), noisy(reference, 1.0)
     for tier, sender, logits in (("medium", "laptop-0", good), ("tiny", "zero-0", bad), ("tiny", "zero-1", bad)):
         t = trust.observe(tier, logits, None, reference)
-        fusion.add(sender, tier, 0, logits, None, fusion.arrival_weight(0, 100, t))
+        fusion.add(sender, tier, 0, logits, None, n_samples=100, trust=t)
     targets, mask = fusion.targets(0)
     assert mask.all()
     # 1 x trust 1 vs 2 x trust 0.25: the medium tier wins on every sample.
     assert (targets.argmax(axis=1) == reference.argmax(axis=1)).all()
     untrusted = Fusion(N, C, fusion.config, fusion.policy)
     for sender, logits in (("laptop-0", good), ("zero-0", bad), ("zero-1", bad)):
-        untrusted.add(sender, "any", 0, logits, None, 1.0)
+        untrusted.add(sender, "any", 0, logits, None)
     assert (untrusted.targets(0)[0].argmax(axis=1) != reference.argmax(axis=1)).all()
+
+
+def test_ten_thousand_tier_names_from_the_network_stay_bounded(reference: np.ndarray) -> None:
+    """Tier strings are the sender's to choose: 10,000 distinct ones keep at most 64 estimates, the
+    rest pooled, and the whole flood (with ``as_dict`` every 10 arrivals, as a status page would) stays
+    fast: O(1) per arrival, O(64) per ``as_dict``."""
+    trust = TierTrust()
+    trust.observe("medium", noisy(reference, 0.0), None, reference)
+    junk = [noisy(reference, 0.9, seed=s) for s in range(7)]
+    started = time.perf_counter()
+    for k in range(10_000):
+        trust.observe(f"junk-{k}", junk[k % 7], None, reference)
+        if k % 10 == 0:
+            trust.as_dict()
+    elapsed = time.perf_counter() - started
+    assert len(trust.agreement_ema) <= 64 and OVERFLOW in trust.agreement_ema
+    assert len(trust.as_dict()) <= 64
+    assert trust.trust("medium") == 1.0  # tracked before the flood, keeps its estimate
+    assert trust.trust("junk-9999") == trust.trust(OVERFLOW) < 0.5  # pooled, and judged on the pool
+    assert trust.trust("junk-5") < 0.5  # tracked early, judged on its own
+    assert elapsed < 2.0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.floats(0.0, 1.0)), min_size=1, max_size=60),
+       st.integers(1, 6))
+def test_cached_best_matches_a_full_scan(observations, max_tiers) -> None:
+    trust = TierTrust(TrustConfig(max_tiers=max_tiers, beta=0.5))
+    for tier, wrong in observations:
+        trust.observe(f"t{tier}", noisy(np.eye(C, dtype=np.float32)[np.arange(N) % C] * 5, wrong, tier), None,
+                      np.eye(C, dtype=np.float32)[np.arange(N) % C] * 5)
+        best = max(trust.agreement_ema.values())
+        for name in trust.agreement_ema:
+            expected = 1.0 if best <= 0 else min(1.0, max(0.25, trust.agreement_ema[name] / best))
+            assert trust.trust(name) == pytest.approx(expected)
+        assert len(trust.agreement_ema) <= max_tiers
