@@ -15,6 +15,7 @@ Published, retained: the proxy set (on every connect) and the knowledge (on ever
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -24,7 +25,7 @@ import numpy as np
 from koala_async.core.admission import AdmissionContext, Decision, admit
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Knowledge, Message, ProxySet, Update
-from koala_async.core.fusion import Contribution, Fusion
+from koala_async.core.fusion import Fusion
 from koala_async.core.topics import Topics
 from koala_async.core.trust import TierTrust
 from koala_async.learning.learner import ServerData, load_server_data
@@ -32,6 +33,8 @@ from koala_async.learning.learner import ServerData, load_server_data
 if TYPE_CHECKING:
     from koala_async.core.server_state import Arrival
     from koala_async.nodes.config import ServerConfig
+
+log = logging.getLogger(__name__)
 
 
 class DistillLearner:
@@ -92,9 +95,12 @@ class DistillLearner:
         for arrival in batch:
             update: Update = arrival.message
             trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self.knowledge_logits)
-            weight = self.fusion.arrival_weight(version - update.base_version, update.n_samples, trust)
-            self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
-                            weight, update.label_counts)
+            try:
+                self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
+                                n_samples=update.n_samples, trust=trust, label_counts=update.label_counts,
+                                version=version)
+            except ValueError as exc:  # admission checked shapes and ids; fusion refuses what it cannot bound
+                log.warning("update %s/%d not fused: %s", update.sender, update.seq, exc)
         targets, mask = self.fusion.targets(version)
         with self.lock:
             before = self.distiller.steps_done
@@ -134,7 +140,7 @@ class DistillLearner:
                 "optimizer": self.distiller.optimizer.state_dict(),
                 "steps_done": self.distiller.steps_done, "steps_skipped": self.steps_skipped,
                 "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
-                "fusion": [contribution_state(c) for c in self.fusion.contributions.values()],
+                "fusion": self.fusion.to_state(),
                 "trust": {"agreement_ema": dict(self.trust.agreement_ema),
                           "observations": dict(self.trust.observations)},
             }
@@ -147,15 +153,8 @@ class DistillLearner:
         logits = state["knowledge_logits"]
         self.knowledge_logits = None if logits is None else np.asarray(logits, dtype=np.float16)
         self.test_accuracy = float(state["test_accuracy"])
-        for item in state["fusion"]:
-            contribution = Contribution(**{**item, "probs": np.asarray(item["probs"], dtype=np.float32),
-                                           "ids": np.asarray(item["ids"], dtype=np.int64)})
-            self.fusion.contributions[contribution.sender] = contribution
+        self.fusion = Fusion.from_state(state["fusion"], len(self.proxy_x), self.spec.num_classes,
+                                        self.config.fusion, self.config.staleness)
         self.trust.agreement_ema.update(state["trust"]["agreement_ema"])
         self.trust.observations.update(state["trust"]["observations"])
 
-
-def contribution_state(c: Contribution) -> dict[str, Any]:
-    return {"sender": c.sender, "tier": c.tier, "base_version": c.base_version,
-            "arrival_weight": c.arrival_weight, "probs": c.probs, "ids": c.ids,
-            "class_weights": c.class_weights}

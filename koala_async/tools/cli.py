@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("robustness", help="robust vs mean fusion with adversarial clients (in-process)")
-    from koala_async.tools.robustness import add_arguments as robustness_arguments
+    from koala_async.tools.bench.robustness import add_arguments as robustness_arguments
 
     robustness_arguments(p)
     p.set_defaults(func=cmd_robustness)
