@@ -60,7 +60,6 @@ class DistillLearner:
     # -- setup ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        from koala_async.learning import data as datasets
         from koala_async.learning.distill import Distiller
         from koala_async.learning.models import build_model, default_large
 
@@ -68,10 +67,11 @@ class DistillLearner:
         self.data: ServerData = load_server_data(cfg)
         self.spec = self.data.spec
         self.proxy_x = self.data.proxy_x
-        self.proxy_id = datasets.proxy_id(self.proxy_x)
-        self.schedule = schedule_for(len(self.proxy_x), cfg.proxy_subset, cfg.seed)
+        # one pass over the bytes: the chunk hashes and the proxy id (learning/data.py proxy_id, the same hash)
         self.manifest: ProxyManifest = build_manifest(self.proxy_x, self.spec.num_classes, cfg.proxy_chunk_bytes,
                                                       cfg.node_id)
+        self.proxy_id = self.manifest.proxy_id
+        self.schedule = schedule_for(len(self.proxy_x), cfg.proxy_subset, cfg.seed)
         self.model_name = cfg.large_model or default_large(self.spec.kind)
         self.distiller = Distiller(build_model(self.model_name, self.spec, seed=cfg.seed), lr=cfg.lr,
                                    temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -6,14 +6,17 @@ link subscribes to the manifest only; :class:`ProxySync` takes it from there:
 
 - with ``proxy_path`` it reads the proxy set locally (learning/data.py ``load_proxy``) and uses it
   only when its proxy id is the manifest's, else raises :class:`~koala_async.errors.DataError`;
-- otherwise it opens a **fetch link** of its own (the node's transport factory, client id
-  ``<node client id>-proxy``) subscribed to exactly the chunks it lacks. Each chunk passes the
-  node's :class:`~koala_async.core.knowledge_gate.KnowledgeGate`, then its SHA-256 is checked
-  against the manifest and it is written into the one buffer (core/proxy_assembly.py;
-  io/proxy_store.py: memory, or a memory-mapped file under ``state_dir``). When the link drops, the
-  link is closed and a new one subscribes to what is still missing: chunks already held are never
-  delivered again, and the retained chunks never cross the main link (acks and knowledge are not
-  stuck behind 150 MB). Once complete it is verified whole against the proxy id and the link closes.
+- otherwise it opens **fetch links** of its own (the node's transport factory, client id
+  ``<node client id>-proxy``), one after the other, each subscribed to the next missing chunks, at
+  most :data:`WINDOW_BYTES` of them: a broker sends retained messages as fast as it can on
+  subscribe, and the transport reads them all before handing them on, so the window is what bounds
+  the bytes in flight beside the one buffer. Each chunk passes the node's
+  :class:`~koala_async.core.knowledge_gate.KnowledgeGate`, then its SHA-256 is checked against the
+  manifest and it is written into the buffer (core/proxy_assembly.py; io/proxy_store.py: memory, or a
+  memory-mapped file under ``state_dir``). When a link drops, it is closed and the next one
+  subscribes to what is still missing: a chunk already held is never delivered again, and the
+  retained chunks never cross the main link (acks and knowledge are not stuck behind 150 MB). Once
+  complete the whole is verified against the proxy id.
 
 A newer manifest (another proxy id) abandons the fetch in progress. Refused chunks are counted on
 the node's reject counter by reason (``bad_chunk_hash``, ``duplicate_chunk``...).
@@ -44,6 +47,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Chunk bytes one fetch link asks for at once (at least one chunk): 4 chunks of 4 MiB.
+WINDOW_BYTES = 16 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class FetchLink:
@@ -69,6 +75,7 @@ class ProxySync:
         self.assembly: ProxyAssembly | None = None  # the transfer in progress (or done)
         self.held: str | None = None  # proxy id of the proxy set handed on
         self.links = 0  # fetch links opened
+        self.links_lost = 0  # fetch links that dropped before their chunks were all in
         self.chunks_resumed = 0  # found valid on disk at start
         self._stir = asyncio.Event()
 
@@ -80,7 +87,8 @@ class ProxySync:
 
     def stats(self) -> dict[str, Any]:
         a = self.assembly
-        return {"proxy_id": self.held, "proxy_links": self.links, "proxy_chunks_resumed": self.chunks_resumed,
+        return {"proxy_id": self.held, "proxy_links": self.links, "proxy_links_lost": self.links_lost,
+                "proxy_chunks_resumed": self.chunks_resumed,
                 "proxy_chunks_fetched": a.received if a else 0, "proxy_chunks_missing": len(a.missing()) if a else 0,
                 "proxy_chunks_refused": dict(a.rejected) if a else {}}
 
@@ -147,6 +155,7 @@ class ProxySync:
                      rejects: RejectCounter) -> bool:
         """Fetch links until every chunk is held (True), or a new manifest supersedes this one (False)."""
         manifest = assembly.manifest
+        per_link = max(1, WINDOW_BYTES // manifest.chunk_bytes)
 
         def superseded() -> bool:
             return self.manifest is not None and not same_cut(self.manifest, manifest)
@@ -154,6 +163,7 @@ class ProxySync:
         while not assembly.complete:
             if superseded():
                 return False
+            batch = assembly.missing()[:per_link]
             lost = asyncio.Event()
 
             def on_link(up: bool, detail: str, lost: asyncio.Event = lost) -> None:
@@ -164,16 +174,18 @@ class ProxySync:
             def take(msg: Incoming) -> None:
                 self._take(assembly, gate, rejects, msg)
 
-            subscriptions = tuple((self.topics.proxy_chunk(manifest.proxy_id, i), 1) for i in assembly.missing())
+            subscriptions = tuple((self.topics.proxy_chunk(manifest.proxy_id, i), 1) for i in batch)
             self.links += 1
-            log.info("fetching %d of %d chunks of proxy set %s", len(subscriptions), manifest.n_chunks,
-                     manifest.proxy_id)
+            log.debug("fetching chunks %d-%d (%d missing of %d) of proxy set %s", batch[0], batch[-1],
+                      len(assembly.missing()), manifest.n_chunks, manifest.proxy_id)
             options = LinkOptions(link.client_id, subscriptions=subscriptions, handler=take, on_link=on_link,
                                   keepalive=link.keepalive)
             async with link.connect(options):
-                while not (assembly.complete or lost.is_set() or superseded()):
+                while not (assembly.held[batch].all() or lost.is_set() or superseded()):
                     await self._stir.wait()
                     self._stir.clear()
+            if lost.is_set() and not assembly.held[batch].all():
+                self.links_lost += 1
         self._stir.set()  # whatever woke us meanwhile (a newer manifest) is looked at by run()
         return True
 
@@ -192,5 +204,5 @@ class ProxySync:
             reason = assembly.offer(chunk, where[1])
         if reason is not None:
             rejects.reject(reason, f"chunk {chunk.index}", msg.topic)
-        elif assembly.complete:
-            self._stir.set()
+        else:
+            self._stir.set()  # the fetch loop looks whether its window is complete
