@@ -18,8 +18,9 @@ link subscribes to the manifest only; :class:`ProxySync` takes it from there:
   retained chunks never cross the main link (acks and knowledge are not stuck behind 150 MB). Once
   complete the whole is verified against the proxy id.
 
-A newer manifest (another proxy id) abandons the fetch in progress. Refused chunks are counted on
-the node's reject counter by reason (``bad_chunk_hash``, ``duplicate_chunk``...).
+A newer manifest (another proxy id) abandons the fetch in progress. Refused chunks are counted by
+reason in :meth:`ProxySync.stats` (``proxy_chunks_refused``) and, except a harmless re-delivery
+(``duplicate_chunk``), on the node's reject counter (``bad_chunk_hash``, ``bad_chunk_size``...).
 """
 
 from __future__ import annotations
@@ -202,7 +203,9 @@ class ProxySync:
             reason: str | None = "wrong_proxy"
         else:
             reason = assembly.offer(chunk, where[1])
-        if reason is not None:
+        if reason == "duplicate_chunk":  # a broker re-delivery (amqtt replays retained messages): harmless
+            log.debug("chunk %d of proxy set %s came again", chunk.index, assembly.manifest.proxy_id)
+        elif reason is not None:
             rejects.reject(reason, f"chunk {chunk.index}", msg.topic)
         else:
             self._stir.set()  # the fetch loop looks whether its window is complete
