@@ -270,7 +270,7 @@ class ClientNode:
             "updates_sent": self.outbox.sent, "updates_accepted": self.outbox.accepted,
             "updates_rejected": dict(self.outbox.rejected), "events_dropped": self._events.dropped,
             "knowledge_version": self.task.version or 0, "bytes_up": self.outbox.bytes_up,
-            "bytes_down": self.bytes_down, "rejected": dict(self.rejects.counts),
+            "bytes_down": self.bytes_down + self.task.bytes_fetched, "rejected": dict(self.rejects.counts),
             "last_loss": None if loss != loss else round(loss, 4),
         }
 

@@ -77,6 +77,11 @@ class DistillTask:
         await self.sync.run(link, gate, rejects, adopt)
 
     @property
+    def bytes_fetched(self) -> int:
+        """Bytes received beside the node's main link (the proxy set's chunks)."""
+        return self.sync.bytes_in
+
+    @property
     def version(self) -> int | None:
         return self.knowledge.version if self.knowledge is not None else None
 
@@ -210,6 +215,8 @@ class AveragingTask:
     async def background(self, link: FetchLink, gate: KnowledgeGate, rejects: RejectCounter,
                          inputs: ClientInputs) -> None:
         """FedAvg needs no proxy set: nothing runs beside the node."""
+
+    bytes_fetched = 0
 
     @property
     def version(self) -> int | None:

@@ -78,6 +78,7 @@ class ProxySync:
         self.links = 0  # fetch links opened
         self.links_lost = 0  # fetch links that dropped before their chunks were all in
         self.chunks_resumed = 0  # found valid on disk at start
+        self.bytes_in = 0  # payload bytes of every message on the fetch links
         self._stir = asyncio.Event()
 
     def want(self, manifest: ProxyManifest) -> None:
@@ -192,6 +193,7 @@ class ProxySync:
 
     def _take(self, assembly: ProxyAssembly, gate: KnowledgeGate, rejects: RejectCounter, msg: Incoming) -> None:
         """One message on the fetch link (called by the transport as it is read; never awaits)."""
+        self.bytes_in += len(msg.payload)
         verdict = gate.check(msg.payload, KIND_CHUNK)
         chunk = verdict.message
         if not verdict.accepted or not isinstance(chunk, ProxyChunk):
