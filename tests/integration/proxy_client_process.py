@@ -44,10 +44,12 @@ async def main(fields: dict[str, Any]) -> None:
     config = ClientConfig(**fields)
     base = node_transport(config)
     links: list[tuple[int, TransportStats]] = []  # the counters only: a transport kept would keep its buffers
+    first_link: list[float] = []  # when the first fetch link was made: the transfer's start
 
     def factory(options: LinkOptions) -> Transport:
         transport = base(options)
         if options.client_id.endswith("-proxy"):
+            first_link[:] = first_link or [time.perf_counter()]
             links.append((len(options.subscriptions), transport.stats))
         return transport
 
@@ -60,11 +62,12 @@ async def main(fields: dict[str, Any]) -> None:
         while client.proxy is None:
             await asyncio.sleep(0.02)
         seconds = time.perf_counter() - started
+        transfer = time.perf_counter() - first_link[0]
         sampler.done.set()
         sampler.join()
         proxy = client.proxy
         result = {"proxy_id": proxy.proxy_id, "dtype": proxy.inputs.dtype.str, "shape": list(proxy.inputs.shape),
-                  "seconds": round(seconds, 2), "stats": sync.stats(), "rejected": dict(client.rejects.counts),
+                  "seconds": round(seconds, 2), "transfer_seconds": round(transfer, 2), "stats": sync.stats(), "rejected": dict(client.rejects.counts),
                   "links": [{"subscribed": n, "messages": stats.messages_in, "bytes": stats.bytes_in}
                             for n, stats in links],
                   "rss_baseline": baseline, "rss_now": rss_bytes(), "rss_peak": sampler.peak}

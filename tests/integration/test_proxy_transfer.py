@@ -11,8 +11,9 @@ The client must finish with every chunk delivered exactly once (the links after 
 missing chunks only), the assembled whole verified against the proxy id, and about one copy of the
 proxy set in its memory.
 
-Slow, real infrastructure: about 15-30 s on a loaded 2-core box (writing and loading the 154 MB file,
-hashing it, the transfer itself, a client process importing torch).
+Slow, real infrastructure: 16-25 s on a loaded 2-core box (load 5-8), of which the transfer is about
+4.5 s; the rest is writing and loading the 154 MB file, hashing it, publishing it, and a client process
+importing torch.
 """
 
 from __future__ import annotations
@@ -105,11 +106,14 @@ async def test_a_150_mb_uint8_proxy_set_crosses_mosquitto_and_a_cut_link_fetchin
     assert sum(link["messages"] for link in links) == 37 == stats["proxy_chunks_fetched"]
     assert [link["messages"] < link["subscribed"] for link in links].count(True) == 1
     assert stats["proxy_chunks_refused"] == {} and result["rejected"] == {}
-    # one copy of the proxy set in the client: its 153.6 MB, plus a window of chunks in flight (the
-    # highest resident memory a thread saw during the transfer, over what it was when it began)
+    # one copy of the proxy set in the client: its 153.6 MB, plus a window of 4 chunks in flight, each
+    # copied a few times on its way in (paho's packet, the payload, the decoded bytes); two copies of the
+    # proxy set would be 307 MB. (The highest resident memory a thread saw during the transfer, over what
+    # it was when it began; measured +179 to +196 MiB on a loaded 2-core box.)
     grown = result["rss_peak"] - result["rss_baseline"]
-    assert grown < 153_600_000 + 64 * 2**20, grown
+    assert grown < 153_600_000 + 96 * 2**20, grown
     print(f"\n150 MB proxy: {manifest.n_chunks} chunks over {len(links)} fetch links, "
-          f"{[link['messages'] for link in links]} chunks each; client {result['seconds']} s from start; "
+          f"{[link['messages'] for link in links]} chunks each; transfer {result['transfer_seconds']} s "
+          f"(client {result['seconds']} s from its start); "
           f"test {time.perf_counter() - started:.1f} s (server ready after {ready - started:.1f} s); "
           f"client memory +{grown / 2**20:.0f} MiB at peak")
