@@ -6,7 +6,8 @@ accepted: a QoS 1 redelivery), ``seq_out_of_range`` (a number further ahead than
 one or the clock allows: core/dedupe.py), ``empty_update`` (no rows or no samples; decode refuses
 these too), ``wrong_proxy``, ``class_count``, ``shape_mismatch``,
 ``bad_sample_ids``, ``tier_not_accepted``, ``future_version`` (built on a version the server never
-published), ``stale`` (staleness past the cut-off).
+published), ``stale`` (staleness past the cut-off), ``unscheduled_ids`` (with a proxy subset schedule,
+core/proxy_schedule.py: no ``sample_ids``, or ids the server did not schedule for the base version).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Update
+from koala_async.core.proxy_schedule import ProxySchedule
 from koala_async.core.staleness import StalenessPolicy
 
 
@@ -28,6 +30,7 @@ class AdmissionContext:
     num_classes: int
     policy: StalenessPolicy
     accepted_tiers: tuple[str, ...] = ()  # empty = any tier
+    schedule: ProxySchedule | None = None  # [server] proxy_subset: the samples each version's updates label
 
 
 @dataclass(frozen=True)
@@ -66,4 +69,6 @@ def admit(update: Update, topic_sender: str | None, ctx: AdmissionContext, seen:
     staleness = ctx.version - update.base_version
     if not ctx.policy.accepts(staleness):
         return Decision(False, "stale", staleness)
+    if ctx.schedule is not None and not ctx.schedule.admits(update.base_version, update.sample_ids):
+        return Decision(False, "unscheduled_ids", staleness)
     return Decision(True, "accepted", staleness)

@@ -22,13 +22,16 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from koala_async.core import bounded
+from koala_async.core import bounded, proxy_manifest
 from koala_async.core.arrays import ALLOWED_DTYPES, pack_array, unpack_array
 from koala_async.core.info import InfoLimits, check_info, fit_info
+from koala_async.core.proxy_manifest import KIND_CHUNK, KIND_MANIFEST, ProxyChunk, ProxyManifest
+from koala_async.core.proxy_schedule import unpack_ids
 from koala_async.errors import MessageError
 
-__all__ = ["ALLOWED_DTYPES", "KINDS", "MODES", "Ack", "Knowledge", "Limits", "Message", "ProxySet",
-           "Status", "Update", "Weights", "decode", "encode", "pack_array", "unpack_array"]
+__all__ = ["ALLOWED_DTYPES", "KINDS", "MODES", "Ack", "Knowledge", "Limits", "Message", "ProxyChunk",
+           "ProxyManifest", "ProxySet", "Status", "Update", "Weights", "decode", "encode", "pack_array",
+           "unpack_array"]
 
 SCHEMA_VERSION = 1
 
@@ -38,7 +41,8 @@ KIND_PROXY = "proxy"
 KIND_STATUS = "status"
 KIND_WEIGHTS = "weights"
 KIND_ACK = "ack"
-KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIND_ACK)
+# A proxy set travels as a manifest plus chunks (core/proxy_manifest.py); KIND_PROXY is the one-message form.
+KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIND_ACK, KIND_MANIFEST, KIND_CHUNK)
 
 # Federation modes (docs/scenarios.md): KOALA without rounds, KOALA in synchronous rounds, FedAvg.
 MODES = ("async", "sync", "fedavg")
@@ -59,6 +63,7 @@ class Limits:
     max_version: int = 2**53
     max_tensors: int = 256  # parameter tensors in one weights message
     max_name_len: int = 128
+    max_proxy_bytes: int = 1 << 30  # a whole proxy set, as a manifest announces it
     # Structure bounds, enforced while unpacking (core/bounded.py). The deepest message we send is a
     # status: envelope > body > info > 3 more levels of info = 6; weights reach 5 (envelope > body >
     # params > array > shape). The most objects: weights, about 12 per tensor, 256 tensors = 3,100.
@@ -85,7 +90,9 @@ class Update:
 
 @dataclass(frozen=True)
 class Knowledge:
-    """The server's large-model logits on the whole proxy set at ``version``."""
+    """The server's large-model logits at ``version``: on the whole proxy set, or with ``ids`` on the
+    proxy samples the server scheduled for this version (core/proxy_schedule.py), which the updates
+    built on it must label."""
 
     sender: str
     seq: int
@@ -93,12 +100,13 @@ class Knowledge:
     proxy_id: str
     num_classes: int
     temperature: float
-    logits: np.ndarray | None  # (N, C) float16; None before the first distillation
+    logits: np.ndarray | None  # (N, C) float16, or (len(ids), C); None before the first distillation
     accepted_tiers: tuple[str, ...] = ()
     sent_at: float = 0.0
     mode: str = "async"  # "sync": the version is a round; clients train once per version
     # Which run of the server published it (core/server_signing.py: (epoch, version) never goes back).
     epoch: int = 0
+    ids: np.ndarray | None = None  # (n,) sorted uint32: the scheduled proxy samples; None = all of them
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,7 @@ class ProxySet:
     sender: str
     seq: int
     proxy_id: str
-    inputs: np.ndarray  # (N, *feature_shape)
+    inputs: np.ndarray  # (N, *feature_shape), in its own dtype (uint8 pixels are read as x / 255)
     num_classes: int
     sent_at: float = 0.0
     epoch: int = 0  # the publishing server's run, as Knowledge.epoch
@@ -166,7 +174,7 @@ class Weights:
     epoch: int = 0  # the server's global model: its run, as Knowledge.epoch; clients send 0
 
 
-Message = Update | Knowledge | ProxySet | Status | Weights | Ack
+Message = Update | Knowledge | ProxySet | Status | Weights | Ack | ProxyManifest | ProxyChunk
 
 
 # -- envelope ----------------------------------------------------------------------------------
@@ -197,12 +205,20 @@ def encode(message: Message) -> bytes:
                 else pack_array(message.logits.astype(np.float16, copy=False))}
         if message.mode != "async":  # absent means async: older decoders and payloads stay valid
             body["mode"] = message.mode
+        if message.ids is not None:
+            body["ids"] = pack_array(message.ids.astype(np.uint32, copy=False))
         head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at,
                        message.epoch)
     elif isinstance(message, ProxySet):
         body = {"proxy": message.proxy_id, "classes": message.num_classes,
                 "inputs": pack_array(message.inputs)}
         head = _header(KIND_PROXY, message.sender, message.seq, 0, message.sent_at, message.epoch)
+    elif isinstance(message, ProxyManifest):
+        body = proxy_manifest.encode_manifest(message)
+        head = _header(KIND_MANIFEST, message.sender, message.seq, 0, message.sent_at, message.epoch)
+    elif isinstance(message, ProxyChunk):
+        body = proxy_manifest.encode_chunk(message)
+        head = _header(KIND_CHUNK, message.sender, message.seq, 0, message.sent_at)
     elif isinstance(message, Status):
         body = {"role": message.role, "online": message.online, "state": message.state,
                 "info": fit_info(message.info)}
@@ -294,6 +310,7 @@ def _decode_map(raw: Any, limits: Limits) -> Message:
             k_logits = unpack_array(body["logits"], "logits", limits)
             if k_logits.ndim != 2 or k_logits.shape[1] != classes:
                 raise MessageError("class_count", f"knowledge logits {k_logits.shape} vs {classes} classes")
+        k_ids = None if body.get("ids") is None else unpack_ids(body["ids"], k_logits, limits)
         tiers = body.get("tiers", [])
         if type(tiers) is not list or not all(type(t) is str for t in tiers):
             raise MessageError("bad_field", "knowledge.tiers")
@@ -302,16 +319,21 @@ def _decode_map(raw: Any, limits: Limits) -> Message:
             raise MessageError("bad_field", "knowledge.mode")
         return Knowledge(sender=sender, seq=seq, version=base, proxy_id=_get(body, "proxy", str, kind),
                          num_classes=classes, temperature=float(temperature), logits=k_logits,
-                         accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode, epoch=epoch)
+                         accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode, epoch=epoch,
+                         ids=k_ids)
     if kind == KIND_WEIGHTS:
         return _decode_weights(body, sender, seq, base, float(sent_at), epoch, limits)
     if kind == KIND_PROXY:
         inputs = unpack_array(_get(body, "inputs", dict, kind), "inputs", limits)
-        if inputs.dtype.kind != "f" or inputs.ndim < 2 or math.prod(inputs.shape[1:]) > limits.max_features:
+        if inputs.dtype.char not in "efB" or inputs.ndim < 2 or math.prod(inputs.shape[1:]) > limits.max_features:
             raise MessageError("bad_array", f"proxy inputs {inputs.dtype}{inputs.shape}")
         return ProxySet(sender=sender, seq=seq, proxy_id=_get(body, "proxy", str, kind), inputs=inputs,
                         num_classes=_int(body.get("classes"), "classes", limits.max_classes),
                         sent_at=float(sent_at), epoch=epoch)
+    if kind == KIND_MANIFEST:
+        return proxy_manifest.decode_manifest(body, sender, seq, float(sent_at), epoch, limits)
+    if kind == KIND_CHUNK:
+        return proxy_manifest.decode_chunk(body, sender, seq, float(sent_at))
     if kind == KIND_ACK:
         return Ack(sender=sender, seq=seq, client=_get(body, "client", str, kind)[:128],
                    update_seq=_int(body.get("update_seq"), "update_seq", limits.max_seq),

@@ -1,16 +1,17 @@
 """What a client takes from the server's topics: a pure gate over signature, sender and ordering.
 
 A client holds one :class:`KnowledgeGate` and passes it every payload that arrives on a server topic
-(knowledge, proxy, global model, server status, and its own ack topic). ``check`` returns a
+(knowledge, proxy manifest and chunks, global model, server status, and its own ack topic). ``check`` returns a
 :class:`GateVerdict`: the decoded message when it is accepted, or the reason it is refused (to count):
 
 - any :class:`~koala_async.errors.MessageError` reason of decoding (``not_msgpack``, ``too_deep``...);
-- ``unsigned``: a server key is pinned and a knowledge, proxy or weights message carries no
-  signature; ``bad_signature``: a signature that no pinned key verifies (forged, altered, another
+- ``unsigned``: a server key is pinned and a knowledge, proxy, proxy manifest or weights message
+  carries no signature (proxy chunks are not signed: each is checked against its SHA-256 in the
+  signed manifest, core/proxy_assembly.py); ``bad_signature``: a signature that no pinned key verifies (forged, altered, another
   key), whatever the kind;
 - ``wrong_kind``: not the kind the topic carries; ``wrong_sender``: not from the expected server id;
 - ``version_regressed``: with a pinned key, knowledge or weights whose ``(epoch, version)`` is below
-  the highest accepted for that kind, or a proxy set (or anything versioned) whose ``epoch`` is below
+  the highest accepted for that kind, or a proxy set or manifest (or anything versioned) whose ``epoch`` is below
   the highest epoch accepted. A replay of an older signed message is refused this way. Equal
   ``(epoch, version)`` passes: the broker re-delivers the retained message on every reconnect.
 
@@ -45,12 +46,13 @@ from koala_async.core.envelope import (
     Weights,
     decode,
 )
+from koala_async.core.proxy_manifest import KIND_CHUNK, KIND_MANIFEST, ProxyChunk, ProxyManifest
 from koala_async.core.server_signing import Ed25519PublicKey, is_sealed, open_sealed
 from koala_async.errors import MessageError
 
 _KIND_OF = {Update: "update", Knowledge: KIND_KNOWLEDGE, ProxySet: KIND_PROXY, Status: KIND_STATUS,
-            Weights: KIND_WEIGHTS, Ack: KIND_ACK}
-SIGNED_KINDS = (KIND_KNOWLEDGE, KIND_PROXY, KIND_WEIGHTS)
+            Weights: KIND_WEIGHTS, Ack: KIND_ACK, ProxyManifest: KIND_MANIFEST, ProxyChunk: KIND_CHUNK}
+SIGNED_KINDS = (KIND_KNOWLEDGE, KIND_PROXY, KIND_WEIGHTS, KIND_MANIFEST)
 
 
 @dataclass(frozen=True)
@@ -101,12 +103,13 @@ class KnowledgeGate:
         return self._order(kind, message) if self.pinned else GateVerdict(True, message=message)
 
     def _order(self, kind: str, message: Message) -> GateVerdict:
-        if not isinstance(message, (Knowledge, ProxySet, Weights)):
-            return GateVerdict(True, message=message)  # status and acks carry no order to keep
+        if not isinstance(message, (Knowledge, ProxySet, Weights, ProxyManifest)):
+            # status, acks and proxy chunks carry no order to keep (a chunk's content is its identity)
+            return GateVerdict(True, message=message)
         if message.epoch < self.epoch:
             return GateVerdict(False, "version_regressed",
                                detail=f"{kind} of epoch {message.epoch} after epoch {self.epoch}")
-        if not isinstance(message, ProxySet):
+        if not isinstance(message, (ProxySet, ProxyManifest)):
             mark = (message.epoch, message.version if isinstance(message, Knowledge) else message.base_version)
             high = self.highs.get(kind, (0, 0))
             if mark < high:

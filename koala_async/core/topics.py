@@ -39,6 +39,19 @@ class Topics:
     def proxy(self) -> str:
         return f"{self.prefix}/server/proxy"
 
+    def proxy_chunk(self, proxy_id: str, index: int) -> str:
+        """Chunk ``index`` of proxy set ``proxy_id`` (retained; core/proxy_manifest.py). The manifest is
+        on :attr:`proxy`."""
+        return f"{self.prefix}/server/proxy/{proxy_id}/{index}"
+
+    def chunk_of(self, topic: str) -> tuple[str, int] | None:
+        """``(proxy_id, index)`` of a :meth:`proxy_chunk` topic, or None."""
+        head, _, rest = topic.partition(f"{self.prefix}/server/proxy/")
+        proxy_id, _, index = rest.partition("/")
+        if head or not proxy_id or not (index.isascii() and index.isdigit()) or len(index) > 10:
+            return None
+        return proxy_id, int(index)
+
     @property
     def server_status(self) -> str:
         return f"{self.prefix}/server/status"

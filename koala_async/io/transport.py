@@ -187,9 +187,13 @@ class MqttTransport:
         try:
             async with client:
                 self._client, self._version = client, version
-                for topic, qos in self.subscriptions:
-                    await bounded(client.subscribe(topic, qos=qos, timeout=math.inf), _ACK_TIMEOUT,
-                                  f"subscribe to {topic}")
+                if self.subscriptions:
+                    # One SUBSCRIBE for every filter: one round trip, not one each. A broker sends the
+                    # retained messages after its SUBACK, so a link that drops while they stream (a
+                    # proxy set's chunks: megabytes) is noticed at once by the pump; aiomqtt does not
+                    # fail a pending subscribe when the link drops, which would wait out _ACK_TIMEOUT.
+                    await bounded(client.subscribe(list(self.subscriptions), timeout=math.inf), _ACK_TIMEOUT,
+                                  f"subscribe to {', '.join(t for t, _ in self.subscriptions)[:200]}")
                 self._connected_to(address, version)
                 # on_connect publishes (retained state): it runs beside the message pump, so a link that
                 # dies meanwhile is still noticed and on_connect is cancelled with it.

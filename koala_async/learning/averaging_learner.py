@@ -81,6 +81,9 @@ class AveragingLearner:
             self._payload_version = version
         return [(self.topics.model, self._weights)]
 
+    def proxy_chunks(self) -> tuple[()]:
+        return ()  # FedAvg has no proxy set
+
     def snapshot(self) -> dict[str, Any]:
         return {"large_model": self.model_name, "test_accuracy": self.test_accuracy}
 

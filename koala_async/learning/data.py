@@ -4,7 +4,9 @@ Everything is offline: scikit-learn's bundled digits, the 5,000 real MNIST digit
 (``mnist5k``), ``.npz`` files users bring (``x`` and, for labelled data, ``y``), sensor CSVs
 (``csv:PATH``, see :mod:`koala_async.learning.tabular`), MNIST's IDX files and CIFAR-10's python
 batches read from disk. Nothing is ever downloaded. Inputs are float32; images are scaled to [0, 1]
-(:func:`as_pixels` recovers exact uint8 pixels where the scaling is lossless, for sending).
+(uint8 pixels in an ``.npz`` too). A proxy set is kept and sent in its own dtype: :func:`compact`
+(:func:`as_pixels`) recovers exact uint8 pixels where the scaling is lossless, and
+:func:`load_proxy` reads one from a file or a dataset name as a client's ``proxy_path``.
 
 A federation derives its splits deterministically from ``(dataset, seed)``: a held-out *test* split
 that no client and no proxy sample touches, a *proxy* split whose labels nobody uses, and a *private*
@@ -14,7 +16,6 @@ pool that is partitioned among clients with a Dirichlet over labels (smaller alp
 from __future__ import annotations
 
 import gzip
-import hashlib
 import pickle
 import struct
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from koala_async.core.proxy_manifest import array_bytes, content_id
 from koala_async.errors import DataError
 from koala_async.learning.models import InputSpec
 
@@ -47,11 +49,9 @@ class Splits:
 
 
 def proxy_id(x: np.ndarray) -> str:
-    """Content hash naming a proxy set, so nodes can tell they hold the same one."""
-    h = hashlib.sha256()
-    h.update(str((x.dtype.str, x.shape)).encode())
-    h.update(np.ascontiguousarray(x).tobytes())
-    return h.hexdigest()[:16]
+    """Content hash naming a proxy set (dtype, shape and bytes), so nodes can tell they hold the same one:
+    :func:`koala_async.core.proxy_manifest.content_id`."""
+    return content_id(x.dtype.str, x.shape, array_bytes(x))
 
 
 def _spec_for(x: np.ndarray, num_classes: int) -> InputSpec:
@@ -126,16 +126,14 @@ def load_digits() -> Dataset:
 
 
 def load_npz(path: str | Path, num_classes: int | None = None, labeled: bool = True) -> Dataset:
-    """An ``.npz`` with ``x`` (N, D) or (N, C, H, W) and, when labeled, ``y`` (N,) integers."""
+    """An ``.npz`` with ``x`` (N, D) or (N, C, H, W) and, when labeled, ``y`` (N,) integers. A uint8
+    ``x`` holds 8-bit pixels: scaled to [0, 1], as every image loader here and the models read them."""
     path = Path(path)
+    x, y = _read_npz(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data:
-                raise DataError(f"{path}: no array named 'x' (found {sorted(data.files)})")
-            x = np.asarray(data["x"], dtype=np.float32)
-            y = np.asarray(data["y"]) if "y" in data else np.zeros(0, dtype=np.int64)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: cannot read as .npz: {exc}") from None
+        x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else np.asarray(x, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: 'x' is not numeric: {exc}") from None
     if x.ndim == 3:  # (N, H, W) grayscale images
         x = x[:, None]
     if labeled:
@@ -154,6 +152,43 @@ def load_npz(path: str | Path, num_classes: int | None = None, labeled: bool = T
     except DataError as exc:
         raise DataError(f"{path}: {exc}") from None
     return Dataset(x, y, spec)
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` as stored and ``y`` (empty when absent) of an ``.npz`` file."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "x" not in data:
+                raise DataError(f"{path}: no array named 'x' (found {sorted(data.files)})")
+            return np.asarray(data["x"]), (np.asarray(data["y"]) if "y" in data else np.zeros(0, dtype=np.int64))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read as .npz: {exc}") from None
+
+
+def compact(x: np.ndarray) -> np.ndarray:
+    """Proxy inputs in their own dtype: uint8 pixels where that is exact (a quarter of float32's
+    bytes on the wire and in memory), else float32."""
+    pixels = as_pixels(x)
+    return pixels if pixels is not None else np.asarray(x, dtype=np.float32)
+
+
+def load_proxy(source: str, seed: int = 0, test_fraction: float = 0.2, proxy_fraction: float = 0.25) -> np.ndarray:
+    """Proxy inputs (compact) from ``source``: an ``.npz`` file's ``x`` (uint8 kept as it is), or a
+    dataset name (:func:`load_dataset`) whose proxy split is derived as a server derives it from the
+    same ``seed`` and fractions."""
+    path = Path(source)
+    if path.suffix == ".npz" or path.is_file():
+        x, _ = _read_npz(path)
+        if x.dtype != np.uint8:
+            return compact(load_npz(path, num_classes=1, labeled=False).x)  # checks shape and finiteness
+        x = x[:, None] if x.ndim == 3 else x  # (N, H, W) grayscale images
+        try:
+            _spec_for(x, 1)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+        return np.ascontiguousarray(x)
+    splits = split(load_dataset(source), seed, test_fraction, proxy_fraction)
+    return compact(splits.proxy.x)
 
 
 def _open_maybe_gz(path: Path) -> bytes:

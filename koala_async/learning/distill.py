@@ -8,7 +8,8 @@
 These functions block; nodes call them through ``asyncio.to_thread``. The server's side
 (:class:`Distiller`, :func:`predict_logits`, :func:`accuracy`) runs on any torch device (see
 :mod:`koala_async.learning.device`): the model moves once, each batch moves per step, results come back
-as numpy arrays on the CPU. Inputs may be float32 or uint8 pixels (0-255, scaled to [0, 1] here).
+as numpy arrays on the CPU. Inputs may be float32 or uint8 pixels (0-255, scaled to [0, 1] here); proxy
+inputs are converted one minibatch at a time, so a 150 MB uint8 proxy set never becomes 600 MB of float32.
 """
 
 from __future__ import annotations
@@ -96,10 +97,9 @@ class LocalTrainer:
         """
         cfg = self.config
         xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
-        use_kd = proxy_x is not None and teacher_logits is not None and cfg.kd_weight > 0
-        if use_kd:
-            assert proxy_x is not None and teacher_logits is not None  # for mypy: use_kd says so
-            px = _tensor(proxy_x)
+        kd_x = proxy_x if teacher_logits is not None and cfg.kd_weight > 0 else None
+        if kd_x is not None:
+            assert teacher_logits is not None  # for mypy: kd_x says so
             teacher = F.softmax(_tensor(teacher_logits) / cfg.temperature, dim=1)
         self.model.train()
         last = 0.0
@@ -111,9 +111,10 @@ class LocalTrainer:
                     return total / max(batches, 1)
                 idx = order[start:start + cfg.batch_size]
                 loss = F.cross_entropy(self.model(xt[idx]), yt[idx])
-                if use_kd:
-                    pidx = torch.randint(len(px), (max(len(idx), cfg.batch_size),), generator=self.generator)
-                    loss = loss + cfg.kd_weight * kd_loss(self.model(px[pidx]), teacher[pidx], cfg.temperature)
+                if kd_x is not None:
+                    pidx = torch.randint(len(kd_x), (max(len(idx), cfg.batch_size),), generator=self.generator)
+                    px = _tensor(kd_x[pidx.numpy()])  # this minibatch only: the proxy set stays as it is
+                    loss = loss + cfg.kd_weight * kd_loss(self.model(px), teacher[pidx], cfg.temperature)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
@@ -191,7 +192,7 @@ class Distiller:
         idx_all = torch.from_numpy(np.flatnonzero(mask))
         if len(idx_all) == 0 or steps <= 0:
             return float("nan")
-        px, tgt = _tensor(proxy_x), _tensor(targets)
+        tgt = _tensor(targets)
         set_train_mode(self.model, self._frozen_norms)
         total = 0.0
         deadline = None if max_seconds is None else time.perf_counter() + max_seconds
@@ -203,7 +204,7 @@ class Distiller:
                 break
             pick = idx_all[torch.randint(len(idx_all), (min(self.batch_size, len(idx_all)),),
                                          generator=self.generator)]
-            inputs = px[pick]
+            inputs = _tensor(proxy_x[pick.numpy()])  # one minibatch: uint8 pixels become float here
             if self.augment == "shift" and inputs.ndim == 4:
                 inputs = random_shift(inputs, self.generator)
             loss = kd_loss(self.model(inputs.to(self.device)), tgt[pick].to(self.device), self.temperature)

@@ -8,9 +8,12 @@ Per batch of accepted updates (:meth:`DistillLearner.advance`, in a worker threa
 2. the fused targets (one soft label per covered proxy sample) are distilled into the large model for
    the steps the pacing granted, within the latency budget ``max_distill_seconds``;
 3. the large model's logits on the proxy set become the knowledge of the new version, and it is
-   evaluated on the held-out test split.
+   evaluated on the held-out test split. With ``[server] proxy_subset`` (core/proxy_schedule.py) the
+   logits cover only the samples scheduled for the new version, and the knowledge names them.
 
-Published, retained: the proxy set (on every connect) and the knowledge (on every version).
+Published, retained: the proxy set's manifest (core/proxy_manifest.py) and its chunks (on every
+connect; :meth:`DistillLearner.proxy_chunks` yields them one at a time, as views of the proxy array),
+and the knowledge (on every version).
 """
 
 from __future__ import annotations
@@ -18,14 +21,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from koala_async.core.admission import AdmissionContext, Decision, admit
 from koala_async.core.dedupe import SeqWindow
-from koala_async.core.envelope import Knowledge, Message, ProxySet, Update
+from koala_async.core.envelope import Knowledge, Message, Update
 from koala_async.core.fusion import Fusion
+from koala_async.core.proxy_manifest import ProxyChunk, ProxyManifest, array_bytes, build_manifest, chunks
+from koala_async.core.proxy_schedule import ProxySchedule, schedule_for
 from koala_async.core.topics import Topics
 from koala_async.core.trust import TierTrust
 from koala_async.learning.learner import ServerData, load_server_data
@@ -44,7 +51,9 @@ class DistillLearner:
         self.next_seq = next_seq  # () -> int: the server's message sequence numbers
         self.model_name = ""
         self.test_accuracy = float("nan")
-        self.knowledge_logits: np.ndarray | None = None
+        self.knowledge_logits: np.ndarray | None = None  # (N, C) float16: the latest computed per sample
+        self.knowledge_known: np.ndarray | None = None  # (N,) bool: rows of knowledge_logits computed (subsets)
+        self.schedule: ProxySchedule | None = None
         self.trust = TierTrust(config.trust)
         self.steps_skipped = 0
         # The distill thread and checkpoint captures take turns on the model.
@@ -54,7 +63,6 @@ class DistillLearner:
     # -- setup ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
-        from koala_async.learning import data as datasets
         from koala_async.learning.distill import Distiller
         from koala_async.learning.models import build_model, default_large
 
@@ -62,7 +70,11 @@ class DistillLearner:
         self.data: ServerData = load_server_data(cfg)
         self.spec = self.data.spec
         self.proxy_x = self.data.proxy_x
-        self.proxy_id = datasets.proxy_id(self.proxy_x)
+        # one pass over the bytes: the chunk hashes and the proxy id (learning/data.py proxy_id, the same hash)
+        self.manifest: ProxyManifest = build_manifest(self.proxy_x, self.spec.num_classes, cfg.proxy_chunk_bytes,
+                                                      cfg.node_id)
+        self.proxy_id = self.manifest.proxy_id
+        self.schedule = schedule_for(len(self.proxy_x), cfg.proxy_subset, cfg.seed)
         self.model_name = cfg.large_model or default_large(self.spec.kind)
         self.distiller = Distiller(build_model(self.model_name, self.spec, seed=cfg.seed), lr=cfg.lr,
                                    temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
@@ -86,15 +98,13 @@ class DistillLearner:
             cfg = self.config
             ctx = self._ctx = AdmissionContext(version=version, proxy_id=self.proxy_id, n_proxy=len(self.proxy_x),
                                                num_classes=self.spec.num_classes, policy=cfg.staleness,
-                                               accepted_tiers=cfg.accepted_tiers)
+                                               accepted_tiers=cfg.accepted_tiers, schedule=self.schedule)
         return admit(message, topic_sender, ctx, seen, now_ms)
 
     def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
-        from koala_async.learning.distill import predict_logits
-
         for arrival in batch:
             update: Update = arrival.message
-            trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self.knowledge_logits)
+            trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self._reference(update))
             try:
                 self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
                                 n_samples=update.n_samples, trust=trust, label_counts=update.label_counts,
@@ -109,20 +119,55 @@ class DistillLearner:
                 return
             if mask.any():
                 self.steps_skipped += steps - (self.distiller.steps_done - before)
-            self.knowledge_logits = predict_logits(self.distiller.model, self.proxy_x).astype(np.float16)
+            self._predict(version + 1)
             self.test_accuracy = self.evaluate()
+
+    def _predict(self, version: int) -> None:
+        """The large model's logits on what the knowledge of ``version`` carries (all, or its subset)."""
+        from koala_async.learning.distill import predict_logits
+
+        model = self.distiller.model
+        if self.schedule is None:
+            self.knowledge_logits = predict_logits(model, self.proxy_x).astype(np.float16)
+            return
+        if self.knowledge_logits is None or self.knowledge_known is None:
+            self.knowledge_logits = np.zeros((len(self.proxy_x), self.spec.num_classes), np.float16)
+            self.knowledge_known = np.zeros(len(self.proxy_x), dtype=bool)
+        ids = self.schedule.ids(version)
+        self.knowledge_logits[ids] = predict_logits(model, self.proxy_x[ids]).astype(np.float16)
+        self.knowledge_known[ids] = True
+
+    def _reference(self, update: Update) -> np.ndarray | None:
+        """The large model's logits to judge ``update``'s tier by, if it has them on all its samples."""
+        known, ids = self.knowledge_known, update.sample_ids
+        if self.schedule is None or (known is not None and ids is not None and known[ids].all()):
+            return self.knowledge_logits
+        return None
+
+    def _scheduled_knowledge(self, version: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(logits, ids) the knowledge of ``version`` carries."""
+        if self.schedule is None:
+            return self.knowledge_logits, None
+        ids, known = self.schedule.ids(version), self.knowledge_known
+        ready = self.knowledge_logits is not None and known is not None and bool(known[ids].all())
+        return (self.knowledge_logits[ids] if ready and self.knowledge_logits is not None else None), ids
 
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
         cfg = self.config
+        logits, ids = self._scheduled_knowledge(version)
         knowledge = Knowledge(sender=cfg.node_id, seq=self.next_seq(), version=version, proxy_id=self.proxy_id,
                               num_classes=self.spec.num_classes, temperature=cfg.temperature,
-                              logits=self.knowledge_logits, accepted_tiers=cfg.accepted_tiers,
-                              sent_at=time.time(), mode=cfg.mode.value)
+                              logits=logits, accepted_tiers=cfg.accepted_tiers,
+                              sent_at=time.time(), mode=cfg.mode.value, ids=ids)
         if not full:
             return [(self.topics.knowledge, knowledge)]
-        proxy = ProxySet(sender=cfg.node_id, seq=self.next_seq(), proxy_id=self.proxy_id, inputs=self.proxy_x,
-                         num_classes=self.spec.num_classes, sent_at=time.time())
-        return [(self.topics.proxy, proxy), (self.topics.knowledge, knowledge)]
+        manifest = replace(self.manifest, seq=self.next_seq(), sent_at=time.time())
+        return [(self.topics.proxy, manifest), (self.topics.knowledge, knowledge)]
+
+    def proxy_chunks(self) -> Iterator[tuple[str, ProxyChunk]]:
+        """The proxy set's chunks with their topics, each a view of the proxy array (encode one at a time)."""
+        for chunk in chunks(self.manifest, array_bytes(self.proxy_x), self.config.node_id, sent_at=time.time()):
+            yield self.topics.proxy_chunk(self.proxy_id, chunk.index), chunk
 
     def snapshot(self) -> dict[str, Any]:
         return {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
@@ -140,6 +185,7 @@ class DistillLearner:
                 "optimizer": self.distiller.optimizer.state_dict(),
                 "steps_done": self.distiller.steps_done, "steps_skipped": self.steps_skipped,
                 "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
+                "knowledge_known": None if self.knowledge_known is None else self.knowledge_known.astype(np.uint8),
                 "fusion": self.fusion.to_state(),
                 "trust": {"agreement_ema": dict(self.trust.agreement_ema),
                           "observations": dict(self.trust.observations)},
@@ -152,6 +198,12 @@ class DistillLearner:
         self.steps_skipped = int(state.get("steps_skipped", 0))
         logits = state["knowledge_logits"]
         self.knowledge_logits = None if logits is None else np.asarray(logits, dtype=np.float16)
+        known = state.get("knowledge_known")
+        self.knowledge_known = None if known is None else np.asarray(known, dtype=bool)
+        if self.schedule is not None and self.knowledge_logits is not None and self.knowledge_known is None:
+            self.knowledge_known = np.ones(len(self.knowledge_logits), dtype=bool)  # a whole-proxy checkpoint
+        elif self.schedule is None and self.knowledge_known is not None and not self.knowledge_known.all():
+            self.knowledge_logits = None  # a subset checkpoint without its subset: computed anew next version
         self.test_accuracy = float(state["test_accuracy"])
         self.fusion = Fusion.from_state(state["fusion"], len(self.proxy_x), self.spec.num_classes,
                                         self.config.fusion, self.config.staleness)

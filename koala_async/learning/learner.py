@@ -6,8 +6,8 @@ accepted arrivals (:meth:`Learner.advance`, blocking, in a worker thread), and p
 the learner says describe its current version (:meth:`Learner.retained`). Two learners ship:
 
 - :class:`~koala_async.learning.distill_learner.DistillLearner` (KOALA): fuses client logits on the
-  proxy set into soft targets and distills the large model on them; publishes the proxy set and its
-  own logits (knowledge).
+  proxy set into soft targets and distills the large model on them; publishes the proxy set (a signed
+  manifest and content-addressed chunks, core/proxy_manifest.py) and its own logits (knowledge).
 - :class:`~koala_async.learning.averaging_learner.AveragingLearner` (FedAvg): averages client weights
   of the large model; publishes the global weights.
 
@@ -17,6 +17,7 @@ Which learner a mode uses is decided in one place, ``koala_async.nodes.modes``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -52,6 +53,10 @@ class Learner(Protocol):
         """(topic, message) pairs that describe ``version``, to publish retained; ``full`` adds what
         is published only on (re)connect (the proxy set)."""
 
+    def proxy_chunks(self) -> Iterable[tuple[str, Message]]:
+        """(topic, chunk) of the proxy set, published retained on every connect before :meth:`retained`'s
+        messages; built lazily, so the server never holds the encoded proxy set (none for FedAvg)."""
+
     def snapshot(self) -> dict[str, Any]:
         """What the learner adds to the server's status."""
 
@@ -69,7 +74,7 @@ class Learner(Protocol):
 class ServerData:
     """What a server learns and is judged on: the unlabeled proxy inputs and the held-out test split."""
 
-    proxy_x: np.ndarray
+    proxy_x: np.ndarray  # in its own dtype: uint8 pixels where exact (learning/data.py compact), else float32
     test: Dataset
 
     @property
@@ -79,20 +84,18 @@ class ServerData:
 
 def load_server_data(config: ServerConfig) -> ServerData:
     """Proxy and test split: derived from ``dataset`` and ``seed`` as the clients derive their shards,
-    or read from ``proxy_path`` / ``test_path`` (.npz) where given (blocking)."""
+    or read from ``proxy_path`` / ``test_path`` (.npz) where given (blocking). The proxy inputs keep
+    their own dtype (uint8 pixels where exact: what is hashed, sent and distilled on)."""
     from koala_async.learning import data as datasets
 
     if config.proxy_path and config.test_path:
         test = datasets.load_npz(config.test_path)
-        proxy = datasets.load_npz(config.proxy_path, num_classes=test.spec.num_classes, labeled=False)
+        proxy_x = datasets.load_proxy(config.proxy_path)
     else:
         splits = datasets.split(datasets.load_dataset(config.dataset), config.seed, config.test_fraction,
                                 config.proxy_fraction)
-        proxy, test = splits.proxy, splits.test
-        if config.proxy_path:
-            proxy = datasets.load_npz(config.proxy_path, num_classes=test.spec.num_classes, labeled=False)
-        if config.test_path:
-            test = datasets.load_npz(config.test_path)
-    if proxy.x.shape[1:] != test.x.shape[1:]:
-        raise ValueError(f"proxy inputs {proxy.x.shape[1:]} and test inputs {test.x.shape[1:]} differ")
-    return ServerData(proxy.x.astype(np.float32), test)
+        test = datasets.load_npz(config.test_path) if config.test_path else splits.test
+        proxy_x = datasets.load_proxy(config.proxy_path) if config.proxy_path else datasets.compact(splits.proxy.x)
+    if proxy_x.shape[1:] != test.x.shape[1:]:
+        raise ValueError(f"proxy inputs {proxy_x.shape[1:]} and test inputs {test.x.shape[1:]} differ")
+    return ServerData(proxy_x, test)

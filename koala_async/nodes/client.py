@@ -32,6 +32,7 @@ from koala_async.io.base import LinkOptions, Transport, TransportFactory, Will
 from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
 from koala_async.nodes.outbox import Outbox
+from koala_async.nodes.proxy_sync import FetchLink
 from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ClientConfig, TrainSettings
 from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, TierChanged, link_listener)
@@ -71,7 +72,7 @@ class ClientNode:
         self._done = asyncio.Event()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        connect = transport or node_transport(config)
+        connect = self._connect = transport or node_transport(config)
         keys = (parse_public_key(config.server_public_key, source="server_public_key"),) \
             if config.server_public_key else ()
         # Everything from the server's topics passes the gate: signature, sender, no going back in version.
@@ -151,7 +152,10 @@ class ClientNode:
         self._stack = AsyncExitStack()
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        for coro, name in ((self._receive(), "receive"), (self._contribute(), "train")):
+        fetch = FetchLink(self._connect, f"koala-{self.config.federation}-{self.config.node_id}-proxy",
+                          self.config.keepalive)
+        for coro, name in ((self._receive(), "receive"), (self._contribute(), "train"),
+                           (self.task.background(fetch, self.gate, self.rejects, self.inputs), "proxy")):
             self._tasks.append(tasks.create_task(coro, name=f"{self.config.node_id}-{name}"))
         return self
 
@@ -266,7 +270,7 @@ class ClientNode:
             "updates_sent": self.outbox.sent, "updates_accepted": self.outbox.accepted,
             "updates_rejected": dict(self.outbox.rejected), "events_dropped": self._events.dropped,
             "knowledge_version": self.task.version or 0, "bytes_up": self.outbox.bytes_up,
-            "bytes_down": self.bytes_down, "rejected": dict(self.rejects.counts),
+            "bytes_down": self.bytes_down + self.task.bytes_fetched, "rejected": dict(self.rejects.counts),
             "last_loss": None if loss != loss else round(loss, 4),
         }
 

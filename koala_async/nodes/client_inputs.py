@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from koala_async.core.envelope import ProxySet
 from koala_async.core.retention import AddResult, SampleBuffer
 from koala_async.errors import DataError
 
@@ -66,14 +65,14 @@ class ClientInputs:
             self._added.set()
         return result
 
-    def adopt_proxy(self, proxy: ProxySet) -> str:
-        """Take shape and class count from the proxy set where not known yet; returns why a proxy
-        set that contradicts the private samples is refused ("" when it fits)."""
-        shape = tuple(int(d) for d in proxy.inputs.shape[1:])
+    def adopt_proxy(self, input_shape: tuple[int, ...], num_classes: int) -> str:
+        """Take the input shape and class count of the server's proxy set (from its manifest) where not
+        known yet; returns why one that contradicts the private samples is refused ("" when it fits)."""
+        shape = tuple(int(d) for d in input_shape)
         if self.buffer.input_shape is not None and self.buffer.input_shape != shape:
             return f"proxy inputs {shape} vs private samples {self.buffer.input_shape}"
         try:
-            self.buffer.set_num_classes(proxy.num_classes)
+            self.buffer.set_num_classes(num_classes)
         except DataError as exc:
             return str(exc)
         self.buffer.input_shape = shape

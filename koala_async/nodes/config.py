@@ -35,6 +35,12 @@ class ServerConfig:
     proxy_fraction: float = 0.25
     proxy_path: str | None = None
     test_path: str | None = None
+    # The proxy set travels as a signed manifest plus retained chunks of this many bytes (under the
+    # broker's packet limit: 16 MiB in nodes/mosquitto.conf). Clients with proxy_path need none.
+    proxy_chunk_bytes: int = 4 * 1024 * 1024
+    # Proxy samples per version that clients label and the knowledge carries logits on, chosen by the
+    # server (core/proxy_schedule.py); 0 = the whole proxy set every time.
+    proxy_subset: int = 0
     large_model: str | None = None
     temperature: float = 3.0
     lr: float = 1e-3
@@ -95,6 +101,10 @@ class ServerConfig:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
         if self.round_timeout <= 0 or self.round_min_clients < 1:
             raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
+        if not 1024 <= self.proxy_chunk_bytes <= 15 * 1024 * 1024:
+            raise ValueError("proxy_chunk_bytes must be in [1 KiB, 15 MiB] (a chunk is one MQTT message)")
+        if self.proxy_subset < 0:
+            raise ValueError("proxy_subset must be >= 0 (0 = the whole proxy set)")
 
 
 
@@ -137,7 +147,12 @@ class ClientConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     max_updates: int = 0  # 0 = keep contributing until stopped
     interval: float = 1.0  # seconds between trainings (with +-50% jitter)
-    proxy_subset: float = 1.0  # share of proxy samples to publish logits for per update
+    # Share of the proxy samples to publish logits for per update (of the server's scheduled subset
+    # when it names one: [server] proxy_subset).
+    proxy_subset: float = 1.0
+    # The proxy set read locally instead of fetched: an .npz file (x) or a dataset name whose proxy
+    # split is derived like the server's. Refused unless its proxy id is the server's manifest's.
+    proxy_path: str | None = None
     send_label_counts: bool = True
     slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
     threads: int = 1

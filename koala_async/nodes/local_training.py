@@ -3,14 +3,16 @@
 The client node (:mod:`koala_async.nodes.client`) runs the same lifecycle in every mode and hands the
 mode-specific part to one of these (chosen in :mod:`koala_async.nodes.modes`):
 
-- :class:`DistillTask` (KOALA, ``async`` and ``sync``): takes the proxy set and the server's knowledge,
-  trains its small model (its tier) on private data plus distillation of the knowledge on proxy inputs,
+- :class:`DistillTask` (KOALA, ``async`` and ``sync``): takes the proxy set (its manifest; the chunks
+  or a local file through :mod:`~koala_async.nodes.proxy_sync`) and the server's knowledge, trains its
+  small model (its tier) on private data plus distillation of the knowledge on proxy inputs,
   and sends an :class:`~koala_async.core.envelope.Update`: float16 logits on proxy samples.
 - :class:`AveragingTask` (``fedavg``): takes the global model, trains the server's large architecture
   from the global weights on private data, and sends :class:`~koala_async.core.envelope.Weights`.
 
 ``take`` adopts a message the task subscribed to (returning a reject reason, or None); ``train`` runs
-in a worker thread and returns the message to send, with ``seq`` left for the node to fill in.
+in a worker thread and returns the message to send, with ``seq`` left for the node to fill in;
+``background`` is the task's long-lived coroutine beside the node's (the proxy transfer).
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from koala_async.core.envelope import Knowledge, Message, ProxySet, Update, Weights
+from koala_async.core.envelope import Knowledge, Message, ProxyManifest, ProxySet, Update, Weights
 from koala_async.core.resources import ResourceSnapshot
 from koala_async.core.tiering import TierSpec, choose_tier, next_tier
 from koala_async.core.topics import Topics
 from koala_async.core.weights import check_weights
+from koala_async.nodes.proxy_sync import FetchLink, ProxySync
 
 if TYPE_CHECKING:
+    from koala_async.core.knowledge_gate import KnowledgeGate
+    from koala_async.core.rejects import RejectCounter
     from koala_async.learning.models import InputSpec
     from koala_async.nodes.client_inputs import ClientInputs
     from koala_async.nodes.config import ClientConfig
@@ -51,6 +56,7 @@ class DistillTask:
         self.changed = asyncio.Event()  # set on every new version
         self.last_loss = float("nan")
         self._rng = random.Random(f"{config.seed}-{config.node_id}-ids")
+        self.sync = ProxySync(config, topics)  # the proxy set: manifest -> chunks (or proxy_path) -> inputs
 
     def subscriptions(self) -> tuple[str, ...]:
         return (self.topics.proxy, self.topics.knowledge)
@@ -58,7 +64,22 @@ class DistillTask:
     @property
     def kinds(self) -> dict[str, str]:
         """The message kind each subscribed topic carries."""
-        return {self.topics.proxy: "proxy", self.topics.knowledge: "knowledge"}
+        return {self.topics.proxy: "proxy_manifest", self.topics.knowledge: "knowledge"}
+
+    async def background(self, link: FetchLink, gate: KnowledgeGate, rejects: RejectCounter,
+                         inputs: ClientInputs) -> None:
+        """Obtain each proxy set the server announces; the task is ready once the first is here."""
+
+        def adopt(proxy: ProxySet) -> None:
+            self.proxy = proxy
+            self.ready.set()
+
+        await self.sync.run(link, gate, rejects, adopt)
+
+    @property
+    def bytes_fetched(self) -> int:
+        """Bytes received beside the node's main link (the proxy set's chunks)."""
+        return self.sync.bytes_in
 
     @property
     def version(self) -> int | None:
@@ -70,12 +91,10 @@ class DistillTask:
         return self.config.mode.rounds or (self.knowledge is not None and self.knowledge.mode != "async")
 
     def take(self, topic: str, message: Message, inputs: ClientInputs) -> str | None:
-        if topic == self.topics.proxy and isinstance(message, ProxySet):
-            problem = inputs.adopt_proxy(message)
-            if problem:
+        if topic == self.topics.proxy and isinstance(message, ProxyManifest):
+            if inputs.adopt_proxy(message.shape[1:], message.num_classes):  # before fetching megabytes
                 return "spec_mismatch"
-            self.proxy = message
-            self.ready.set()
+            self.sync.want(message)
             return None
         if topic == self.topics.knowledge and isinstance(message, Knowledge):
             # Newest by arrival: a restarted server may legitimately resume at a lower version.
@@ -130,18 +149,23 @@ class DistillTask:
 
         cfg, proxy, knowledge = self.config, self.proxy, self.knowledge
         assert proxy is not None and self.tier is not None
-        teacher, base_version = None, 0
+        teacher, base_version, scheduled = None, 0, None
         if knowledge is not None and knowledge.proxy_id == proxy.proxy_id:
             base_version = knowledge.version
-            if knowledge.logits is not None and len(knowledge.logits) == len(proxy.inputs):
+            if knowledge.ids is not None and len(knowledge.ids) and knowledge.ids.max() < len(proxy.inputs):
+                scheduled = knowledge.ids  # the server's subset for this version: distill on it, label it
+            rows = len(proxy.inputs) if scheduled is None else len(scheduled)
+            if knowledge.logits is not None and len(knowledge.logits) == rows:
                 teacher = knowledge.logits
-        ids = None
+        # In its own dtype (uint8 pixels are converted per minibatch): never a float32 copy of it all.
+        pool = proxy.inputs if scheduled is None else proxy.inputs[scheduled]
+        ids, rows_out = scheduled, None
         if cfg.proxy_subset < 1:
-            count = max(1, int(round(len(proxy.inputs) * cfg.proxy_subset)))
-            ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
-        px = proxy.inputs.astype(np.float32)
-        self.last_loss = self.trainer.train(x, y, px, teacher, stop=stop)
-        logits = predict_logits(self.trainer.model, px if ids is None else px[ids]).astype(np.float16)
+            count = max(1, round(len(pool) * cfg.proxy_subset))
+            rows_out = np.sort(np.asarray(self._rng.sample(range(len(pool)), count), dtype=np.uint32))
+            ids = rows_out if scheduled is None else scheduled[rows_out]
+        self.last_loss = self.trainer.train(x, y, pool, teacher, stop=stop)
+        logits = predict_logits(self.trainer.model, pool if rows_out is None else pool[rows_out]).astype(np.float16)
         return Update(sender=cfg.node_id, seq=0, base_version=base_version, tier=self.tier, n_samples=len(y),
                       proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids, sent_at=time.time(),
                       label_counts=label_counts if cfg.send_label_counts else None)
@@ -187,6 +211,12 @@ class AveragingTask:
     @property
     def kinds(self) -> dict[str, str]:
         return {self.topics.model: "weights"}
+
+    async def background(self, link: FetchLink, gate: KnowledgeGate, rejects: RejectCounter,
+                         inputs: ClientInputs) -> None:
+        """FedAvg needs no proxy set: nothing runs beside the node."""
+
+    bytes_fetched = 0
 
     @property
     def version(self) -> int | None:

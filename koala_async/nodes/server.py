@@ -271,7 +271,10 @@ class ServerNode:
         return self._signer.seal(envelope) if self._signer is not None else envelope
 
     async def _on_connect(self, transport: Transport) -> None:
-        """(Re)publish retained state: a restarted broker may have lost it."""
+        """(Re)publish retained state: a restarted broker may have lost it. The proxy set's chunks go
+        first, encoded one at a time (never all held), so a manifest is never seen before them."""
+        for topic, chunk in self.learner.proxy_chunks():
+            await transport.publish(topic, encode(chunk), retain=True)
         for topic, payload in list(self._payloads.items()):
             await transport.publish(topic, payload, retain=True)
         await transport.publish(self.topics.server_status, self._status(True, "serving"), retain=True)

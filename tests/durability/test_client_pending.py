@@ -9,7 +9,8 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from koala_async.core.envelope import Knowledge, ProxySet, Update, decode, encode
+from koala_async.core.envelope import Knowledge, Update, decode, encode
+from koala_async.core.proxy_manifest import array_bytes, build_manifest, chunks
 from koala_async.core.topics import Topics
 from koala_async.io.transport import BrokerAddress
 from koala_async.nodes.client import ClientConfig, ClientNode
@@ -34,16 +35,19 @@ async def _run_client_with_pending(url: str, tmp_path, knowledge_version: int) -
     built on version 0. Returns the updates the broker received from it within a few seconds."""
     a = BrokerAddress.parse(url)
     proxy_x = np.zeros((8, 1, 8, 8), dtype=np.float32)
-    proxy = ProxySet(sender="server", seq=1, proxy_id="pid", inputs=proxy_x, num_classes=10)
-    knowledge = Knowledge(sender="server", seq=2, version=knowledge_version, proxy_id="pid", num_classes=10,
+    manifest = build_manifest(proxy_x, num_classes=10, chunk_bytes=4096, sender="server", seq=1)
+    pid = manifest.proxy_id
+    knowledge = Knowledge(sender="server", seq=2, version=knowledge_version, proxy_id=pid, num_classes=10,
                           temperature=3.0, logits=None)
     pending = encode(Update(sender="client-0", seq=123, base_version=0, tier="image-small", n_samples=5,
-                            proxy_id="pid", logits=np.ones((8, 10), dtype=np.float16)))
+                            proxy_id=pid, logits=np.ones((8, 10), dtype=np.float16)))
     state_dir = tmp_path / f"client-{knowledge_version}"
     ClientState(state_dir).save_pending(pending, 123)
     received: list[bytes] = []
     async with aiomqtt.Client(a.host, a.port, identifier=f"srv-{knowledge_version}") as srv:
-        await srv.publish(TOPICS.proxy, encode(proxy), qos=1, retain=True)
+        for chunk in chunks(manifest, array_bytes(proxy_x), "server"):
+            await srv.publish(TOPICS.proxy_chunk(pid, chunk.index), encode(chunk), qos=1, retain=True)
+        await srv.publish(TOPICS.proxy, encode(manifest), qos=1, retain=True)
         await srv.publish(TOPICS.knowledge, encode(knowledge), qos=1, retain=True)
         await srv.subscribe(TOPICS.update("client-0"), qos=1)
         config = ClientConfig(broker=url, federation="cp", node_id="client-0", state_dir=str(state_dir),

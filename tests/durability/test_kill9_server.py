@@ -12,7 +12,7 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from koala_async.core.envelope import Knowledge, ProxySet, Status, Update, decode, encode
+from koala_async.core.envelope import Knowledge, ProxyManifest, Status, Update, decode, encode
 from koala_async.core.topics import Topics
 from koala_async.io.transport import BrokerAddress
 from koala_async.tools.processes import NodeProcess
@@ -25,7 +25,7 @@ class Watcher:
     """What the server has published: the highest version and accepted count, and its presence."""
 
     def __init__(self) -> None:
-        self.proxy: ProxySet | None = None
+        self.proxy: ProxyManifest | None = None  # the proxy set's manifest: its id and size
         self.version = 0
         self.best = {"version": 0, "accepted": 0}
         self.lost = 0  # last wills seen (online=False, state lost)
@@ -33,7 +33,7 @@ class Watcher:
 
     def see(self, topic: str, payload: bytes) -> None:
         message = decode(payload)
-        if isinstance(message, ProxySet):
+        if isinstance(message, ProxyManifest):
             self.proxy = message
         elif isinstance(message, Knowledge):
             self.version = max(self.version, message.version)
@@ -69,7 +69,7 @@ async def _feed(url: str, watcher: Watcher) -> None:
             sender = f"c{seq % 5}"
             update = Update(sender=sender, seq=seq, base_version=watcher.version, tier="t", n_samples=40,
                             proxy_id=proxy.proxy_id,
-                            logits=rng.normal(size=(len(proxy.inputs), proxy.num_classes)).astype(np.float16))
+                            logits=rng.normal(size=(proxy.shape[0], proxy.num_classes)).astype(np.float16))
             await client.publish(TOPICS.update(sender), encode(update), qos=1)
             await asyncio.sleep(0.1)
 

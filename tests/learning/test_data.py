@@ -316,3 +316,39 @@ def test_csv_label_column_errors(tmp_path: Path) -> None:
         D.load_dataset(f"csv:{tmp_path / 's.csv'}#y")
     with pytest.raises(DataError, match="label column 5 is outside the 2 columns"):
         D.load_dataset(f"csv:{tmp_path / 's.csv'}#5")
+
+
+# -- the proxy set in its own dtype -------------------------------------------------------------------
+
+def test_compact_recovers_exact_pixels_and_keeps_other_floats(digits: D.Dataset) -> None:
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 1, 4, 4), dtype=np.uint8)
+    out = D.compact(pixels.astype(np.float32) / 255.0)
+    assert out.dtype == np.uint8 and np.array_equal(out, pixels)
+    assert D.compact(digits.x).dtype == np.float32  # sixteenths are not 8-bit pixels: kept as they are
+
+
+def test_a_uint8_npz_is_pixels_and_the_proxy_loader_keeps_its_bytes(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, (30, 3, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "p.npz", x=pixels, y=np.arange(30) % 3)
+    ds = D.load_npz(tmp_path / "p.npz")
+    assert ds.x.dtype == np.float32 and np.array_equal(ds.x, pixels.astype(np.float32) / 255.0)
+    proxy = D.load_proxy(str(tmp_path / "p.npz"))
+    assert proxy.dtype == np.uint8 and np.array_equal(proxy, pixels)
+    assert np.array_equal(D.compact(ds.x), proxy)  # the same proxy id whichever way it was read
+    np.savez(tmp_path / "f.npz", x=np.full((5, 6), 0.3, np.float32))
+    assert D.load_proxy(str(tmp_path / "f.npz")).dtype == np.float32
+    np.savez(tmp_path / "bad.npz", x=np.zeros(7, np.uint8))
+    with pytest.raises(DataError, match="bad.npz"):
+        D.load_proxy(str(tmp_path / "bad.npz"))
+
+
+def test_load_proxy_from_a_dataset_name_derives_the_servers_proxy_split() -> None:
+    from koala_async.core.proxy_manifest import build_manifest
+    from koala_async.learning.learner import load_server_data
+    from koala_async.nodes.config import ServerConfig
+
+    server = load_server_data(ServerConfig(dataset="mnist5k", seed=3))
+    local = D.load_proxy("mnist5k", seed=3)
+    assert server.proxy_x.dtype == np.uint8 == local.dtype and np.array_equal(server.proxy_x, local)
+    assert D.proxy_id(local) == build_manifest(local, 10, 1 << 20, "s").proxy_id  # one definition of the id
+    assert D.proxy_id(D.load_proxy("mnist5k", seed=4)) != D.proxy_id(local)

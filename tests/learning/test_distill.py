@@ -16,7 +16,7 @@ from koala_async.learning.distill import (
     kd_loss,
     predict_logits,
 )
-from koala_async.learning.models import build_model
+from koala_async.learning.models import InputSpec, build_model
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,25 @@ def test_distiller_with_shift_augmentation_still_fits_and_rejects_unknown(splits
     assert (predict_logits(model, x).argmax(axis=1) == y).mean() > 0.8
     with pytest.raises(ValueError, match="augment"):
         Distiller(model, augment="rotate")
+
+
+def test_uint8_proxy_pixels_train_exactly_as_the_float_images_they_encode() -> None:
+    """A proxy set sent in its own dtype (uint8) is read as x / 255 one minibatch at a time: the server's
+    Distiller and a client's LocalTrainer take the very same steps as on the float32 images."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (96, 1, 8, 8), dtype=np.uint8)
+    floats = pixels.astype(np.float32) / 255.0
+    spec = InputSpec("image", (1, 8, 8), 10)
+    targets = F.softmax(torch.from_numpy(rng.normal(size=(96, 10)).astype(np.float32)), dim=1).numpy()
+    private_x, private_y = floats[:40], np.arange(40) % 10
+    teacher = rng.normal(size=(96, 10)).astype(np.float32)
+    weights = []
+    for proxy in (pixels, floats):
+        large = build_model("image-tiny", spec, seed=0)
+        Distiller(large, seed=0, augment="shift").distill(proxy, targets, np.ones(96, dtype=bool), steps=6)
+        small = build_model("image-tiny", spec, seed=1)
+        LocalTrainer(small, TrainConfig(epochs=1, batch_size=16), seed=0).train(private_x, private_y, proxy, teacher)
+        weights.append([p.detach().clone() for p in (*large.parameters(), *small.parameters())])
+        np.testing.assert_array_equal(predict_logits(large, pixels), predict_logits(large, floats))
+    for a, b in zip(*weights, strict=True):
+        assert torch.equal(a, b)

@@ -28,7 +28,7 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
-from koala_async.core.envelope import Knowledge, Limits, ProxySet, Update, decode, encode
+from koala_async.core.envelope import Knowledge, Limits, ProxyManifest, Update, decode, encode
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
 from koala_async.io.transport import BrokerAddress
@@ -139,10 +139,10 @@ async def _steady_client(spec: dict[str, Any], sender: str, stats: SteadyStats, 
                 except MessageError:
                     stats.bad_messages += 1
                     continue
-                if isinstance(decoded, ProxySet) and decoded.proxy_id != proxy_id:
-                    proxy_id = decoded.proxy_id
+                if isinstance(decoded, ProxyManifest) and decoded.proxy_id != proxy_id:
+                    proxy_id = decoded.proxy_id  # the manifest says all a fake client needs: no chunk fetched
                     # Precomputed once per proxy set: this client's "model output".
-                    logits = fake_logits(np.random.default_rng(rng.randrange(2**32)), len(decoded.inputs),
+                    logits = fake_logits(np.random.default_rng(rng.randrange(2**32)), decoded.shape[0],
                                          decoded.num_classes)
                     if not connected:
                         connected = True
