@@ -14,6 +14,16 @@ decisions; it does no I/O, starts no task and imports no asyncio, torch or aiomq
    latency from acceptance to publication.
 
 A status message goes to :meth:`ServerState.on_status`, which keeps bounded presence per client.
+
+Clients keep an update until its verdict and republish it when none came (core/delivery.py): a copy
+of an update already judged gets the same answer (an accepted one ``accepted=True, reason="duplicate"``)
+from the :class:`~koala_async.core.verdicts.VerdictMemory`, counted as a ``duplicate`` delivery and
+marked ``repeat``; the numbers an update says it supersedes go to :meth:`ServerState.withdraw` before
+the update itself is decided. So every update a client published is counted once: ``accepted``,
+``rejected`` by a reason other than ``duplicate``, or ``superseded``.
+
+An optional :class:`StateListener` hears each count as it happens (O(1) per event): the node's
+metrics adapter (``koala_async.nodes.telemetry``) feeds Prometheus from it.
 """
 
 from __future__ import annotations
@@ -22,12 +32,13 @@ import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from koala_async.core.admission import Decision
-from koala_async.core.dedupe import SeqWindow
+from koala_async.core.dedupe import DUPLICATE, SeqWindow
 from koala_async.core.envelope import Message, Status
 from koala_async.core.rejects import RejectCounter
+from koala_async.core.verdicts import SUPERSEDED, Answer, VerdictMemory
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,23 @@ class Verdict:
     staleness: int
     client: str
     seq: int
+    repeat: bool = False  # an answer about an update judged before (a copy, or a superseded number)
+
+
+class StateListener(Protocol):
+    """Hears the protocol state's counts as they happen (each call O(1)); see the module docstring."""
+
+    def accepted(self, staleness: int) -> None: ...
+
+    def superseded(self) -> None: ...
+
+    def fused(self, latency: float) -> None: ...
+
+    def published(self, version: int) -> None: ...
+
+    def distilled(self, seconds: float) -> None: ...
+
+    def online(self, count: int) -> None: ...
 
 
 @dataclass
@@ -76,6 +104,7 @@ class ServerMetrics:
     knowledge_bytes: int = 0
     distill_seconds: float = 0.0
     distill_steps_skipped: int = 0  # steps a version's latency budget cut short
+    superseded: int = 0  # updates their clients replaced before the server had them
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     accepted_by_client: dict[str, int] = field(default_factory=dict)
     staleness_hist: dict[str, int] = field(default_factory=dict)
@@ -100,6 +129,8 @@ class ServerState:
         self.latency_window = latency_window
         self.version = 0
         self.seen = SeqWindow()
+        self.verdicts = VerdictMemory()
+        self.listener: StateListener | None = None
         self.metrics = ServerMetrics()
         self.rejects = rejects or RejectCounter(log)
         self.pending: list[Arrival] = []
@@ -119,20 +150,62 @@ class ServerState:
         None when the message is of a kind this mode does not take on update topics (counted as
         ``wrong_kind``; no verdict goes back for it).
         """
+        sender, seq = getattr(message, "sender", "?"), getattr(message, "seq", -1)
+        if topic_sender is None or sender == topic_sender:
+            known = self.verdicts.recall(sender, seq)
+            if known is not None:  # a copy of an update judged before: the same answer, counted once
+                self.metrics.update_bytes += size
+                return self._repeat(known, sender, seq)
         decision = self.admission(message, topic_sender, self.version, self.seen, now_ms)
         if decision is None:
             self.rejects.reject("wrong_kind", type(message).__name__, origin)
             return None
         self.metrics.update_bytes += size
-        sender, seq = getattr(message, "sender", "?"), getattr(message, "seq", -1)
+        if decision.reason == DUPLICATE:  # seen, its answer forgotten: only accepted numbers are seen
+            return self._repeat(Answer(True, DUPLICATE), sender, seq)
         reason = decision.reason if not decision.accepted else self.gate(message)
         if reason != "accepted":
             self.rejects.reject(reason, f"seq={seq}", sender)
+            self.verdicts.remember(sender, seq, False, reason)
         return Verdict(reason == "accepted", reason, decision.staleness, topic_sender or sender, seq)
+
+    def _repeat(self, known: Answer, sender: str, seq: int) -> Verdict:
+        self.rejects.reject(DUPLICATE, f"seq={seq}", sender)  # a delivery, not another update
+        return Verdict(known.accepted, DUPLICATE if known.accepted else known.reason, 0, sender, seq, repeat=True)
+
+    def withdraw(self, message: Any, topic_sender: str | None, now_ms: int | None = None) -> list[Verdict]:
+        """The numbers ``message`` (an Update) says it supersedes: each never seen is counted
+        ``superseded`` once and marked seen (a late copy is refused, never fused over the newer update);
+        returns the answer for each, to send back. Call before :meth:`decide` on ``message``."""
+        numbers = getattr(message, "supersedes", ())
+        sender, carrier = message.sender, message.seq
+        if not numbers or (topic_sender is not None and sender != topic_sender):
+            return []
+        if self.verdicts.recall(sender, carrier) is not None or self.seen.seen(sender, carrier):
+            return []  # a copy of an update whose list was handled when it first came
+        answers = []
+        for seq in numbers:
+            if seq >= carrier:
+                continue  # only an older update can be superseded by this one
+            known = self.verdicts.recall(sender, seq)
+            if known is not None:
+                answers.append(Verdict(known.accepted, DUPLICATE if known.accepted else known.reason, 0,
+                                       sender, seq, repeat=True))
+            elif self.seen.seen(sender, seq):
+                answers.append(Verdict(True, DUPLICATE, 0, sender, seq, repeat=True))
+            elif self.seen.add(sender, seq, now_ms):
+                self.verdicts.remember(sender, seq, False, SUPERSEDED)
+                self.metrics.superseded += 1
+                self.dirty = True
+                if self.listener is not None:
+                    self.listener.superseded()
+                answers.append(Verdict(False, SUPERSEDED, 0, sender, seq, repeat=True))
+        return answers
 
     def accept(self, message: Any, envelope: bytes, staleness: int, now: float, now_ms: int | None = None) -> None:
         """Count an accepted message and queue it for the learner (once the caller made it durable)."""
         self.seen.add(message.sender, message.seq, now_ms)
+        self.verdicts.remember(message.sender, message.seq, True, "accepted")
         m = self.metrics
         m.accepted += 1
         m.accepted_by_client[message.sender] = m.accepted_by_client.get(message.sender, 0) + 1
@@ -142,6 +215,8 @@ class ServerState:
         m.staleness_hist[bucket] = m.staleness_hist.get(bucket, 0) + 1
         self.pending.append(Arrival(message, envelope, now))
         self.dirty = True
+        if self.listener is not None:
+            self.listener.accepted(staleness)
 
     def take(self, limit: int | None = None) -> list[Arrival]:
         """Hand the pending arrivals (up to ``limit``, oldest first) to the learner."""
@@ -157,8 +232,19 @@ class ServerState:
         """Version ``version`` is out: it fused ``batch``."""
         self.version = version
         self.in_flight = 0
-        self.fuse_latency.extend((now, now - a.arrived) for a in batch)
+        latencies = [now - a.arrived for a in batch]
+        self.fuse_latency.extend((now, latency) for latency in latencies)
         self.metrics.timeline.append((round(elapsed, 3), version, accuracy))
+        if self.listener is not None:
+            self.listener.published(version)
+            for latency in latencies:
+                self.listener.fused(latency)
+
+    def distilled(self, seconds: float) -> None:
+        """One learning pass took ``seconds``."""
+        self.metrics.distill_seconds += seconds
+        if self.listener is not None:
+            self.listener.distilled(seconds)
 
     # -- presence ------------------------------------------------------------------------------
 
@@ -175,6 +261,8 @@ class ServerState:
         while len(self.presence) > MAX_PRESENCE:
             _, gone = self.presence.popitem(last=False)
             self.online_count -= int(gone.online)
+        if self.listener is not None:
+            self.listener.online(self.online_count)
         return old is None or old.online != status.online or old.state != status.state
 
     def available(self) -> set[str]:
@@ -199,6 +287,7 @@ class ServerState:
             "accepted_by_client": dict(by_client) if listed else {},
             "clients_accepted": len(by_client),
             "rejected": dict(self.rejects.counts),
+            "superseded": m.superseded,
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
             "staleness_hist": dict(m.staleness_hist),

@@ -67,7 +67,7 @@ class ClientNode:
         store = ClientState(config.state_dir) if config.state_dir else None
         self._seq = SeqCounter(max(SeqCounter().value, store.last_seq() if store else 0))
         self.outbox = Outbox(config.node_id, self.topics.update(config.node_id), self._events, store,
-                             config.signing_key)
+                             config.signing_key, config.ack_timeout, config.await_verdicts)
         self._done = asyncio.Event()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -151,7 +151,8 @@ class ClientNode:
         self._stack = AsyncExitStack()
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
-        for coro, name in ((self._receive(), "receive"), (self._contribute(), "train")):
+        for coro, name in ((self._receive(), "receive"), (self._contribute(), "train"),
+                           (self.outbox.run(self.transport), "outbox")):
             self._tasks.append(tasks.create_task(coro, name=f"{self.config.node_id}-{name}"))
         return self
 
@@ -263,9 +264,8 @@ class ClientNode:
             "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
             "rss_peak_bytes": peak_rss_bytes(), "resources": self.readiness.resources.summary(),
             "n_samples": len(self.samples), "samples_seen": self.samples.seen,
-            "updates_sent": self.outbox.sent, "updates_accepted": self.outbox.accepted,
-            "updates_rejected": dict(self.outbox.rejected), "events_dropped": self._events.dropped,
-            "knowledge_version": self.task.version or 0, "bytes_up": self.outbox.bytes_up,
+            **self.outbox.snapshot(), "events_dropped": self._events.dropped,
+            "knowledge_version": self.task.version or 0,
             "bytes_down": self.bytes_down, "rejected": dict(self.rejects.counts),
             "last_loss": None if loss != loss else round(loss, 4),
         }

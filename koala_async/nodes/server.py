@@ -187,10 +187,12 @@ class ServerNode:
             self.state.rejects.error(exc, client_id or msg.topic)
             return
         now_ms = int(time.time() * 1000)
+        for answer in self.state.withdraw(message, client_id, now_ms):  # what it supersedes, first
+            self._tell(answer)
         verdict = self.state.decide(message, client_id, len(msg.payload), msg.topic, now_ms)
         if verdict is None:
             return
-        if verdict.accepted:
+        if verdict.accepted and not verdict.repeat:
             if self.store is not None:
                 self.store.append(envelope)  # durable first, counted second
             self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(),
@@ -216,7 +218,7 @@ class ServerNode:
         if self.config.acks:
             self.acks.offer(verdict.client, verdict.seq, verdict.accepted, verdict.reason, self.state.version,
                             verdict.staleness)
-        if self._events.listening:  # once per update: build no event nobody reads
+        if self._events.listening and not verdict.repeat:  # build no event nobody reads
             node, v = self.config.node_id, self.state.version
             self._events.emit(UpdateAccepted(node, verdict.client, verdict.seq, v, verdict.staleness)
                               if verdict.accepted else UpdateRejected(node, verdict.client, verdict.seq, v,
@@ -238,7 +240,7 @@ class ServerNode:
         started = time.perf_counter()
         await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps,
                                 self._stop)
-        self.state.metrics.distill_seconds += time.perf_counter() - started
+        self.state.distilled(time.perf_counter() - started)
         version = self.state.version + 1
         if self.store is not None:
             await self._checkpoint(version)  # durable before anyone can see it
