@@ -34,9 +34,10 @@ from koala_async.nodes.client_state import ClientState
 from koala_async.nodes.outbox import Outbox
 from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ClientConfig, TrainSettings
-from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, TierChanged, link_listener)
+from koala_async.nodes.events import EventHub, EventStream, KnowledgeChanged, TierChanged, Trained, link_listener
 from koala_async.nodes.modes import client_task
 from koala_async.nodes.readiness import Readiness
+from koala_async.nodes.telemetry import client_telemetry
 from koala_async.nodes.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class ClientNode:
             subscriptions=tuple((t, 1) for t in (*self.task.subscriptions(), self.topics.ack(config.node_id))),
             seed=hash(config.node_id) & 0xFFFF, keepalive=config.keepalive,
             on_link=link_listener(self._events, config.broker)))
+        self.telemetry = client_telemetry(config, self._events, self.transport, self.outbox.ledger)
 
     # -- what callers use ----------------------------------------------------------------------
 
@@ -149,6 +151,7 @@ class ClientNode:
         self.inputs.start(self._initial)
         self._initial = None
         self._stack = AsyncExitStack()
+        self._stack.enter_context(self.telemetry)
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         for coro, name in ((self._receive(), "receive"), (self._contribute(), "train"),
@@ -244,6 +247,7 @@ class ClientNode:
         seen, version = self.samples.seen, self.task.version
         x, y = self.samples.arrays()  # a snapshot: add_samples may go on while the thread trains
         message = await self._workers.run(self.task.train, x, y, self.samples.label_counts(), self._workers.stop)
+        self._events.emit(Trained(self.config.node_id, self.task.tier or "", time.perf_counter() - started))
         self.readiness.trained_on = (version, seen)
         await self.readiness.pace(started, self.task.knowledge is not None)
         self.state = "publishing"

@@ -41,6 +41,7 @@ from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, U
                                       link_listener)
 from koala_async.nodes.modes import server_parts
 from koala_async.nodes.pacing import Batch
+from koala_async.nodes.telemetry import server_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ServerNode:
             f"koala-{config.federation}-{config.node_id}", will=will, clean_session=False,
             subscriptions=((self.topics.all_updates, 1), (self.topics.all_client_status, 1)),
             on_connect=self._on_connect, on_link=link_listener(self._events, config.broker), handler=self._take))
+        self.telemetry = server_telemetry(config, self.state, self.transport)  # Prometheus, with metrics_port
         self._payloads: dict[str, bytes] = {}  # topic -> the retained payload describing this version
         self._arrived = asyncio.Event()
         self._stop = threading.Event()  # set on the way out: a running distillation ends at its next step
@@ -139,6 +141,7 @@ class ServerNode:
         if self.state.pending:
             self._arrived.set()
         self._stack = AsyncExitStack()
+        self._stack.enter_context(self.telemetry)
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._started = time.monotonic()
