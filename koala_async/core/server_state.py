@@ -29,7 +29,7 @@ metrics adapter (``koala_async.nodes.telemetry``) feeds Prometheus from it.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
@@ -37,6 +37,7 @@ from typing import Any, NamedTuple, Protocol
 from koala_async.core.admission import Decision
 from koala_async.core.dedupe import DUPLICATE, SeqWindow
 from koala_async.core.envelope import Message, Status
+from koala_async.core.latency import LatencyStats
 from koala_async.core.rejects import RejectCounter
 from koala_async.core.verdicts import SUPERSEDED, Answer, VerdictMemory
 
@@ -49,7 +50,9 @@ Admission = Callable[[Message, "str | None", int, SeqWindow, "int | None"], "Dec
 Gate = Callable[[Any], str]
 
 STALENESS_BUCKETS = 32  # staleness histogram: "0".."31" and "32+"
-MAX_LISTED_CLIENTS = 1_000  # per-client maps in the status (decodable: msgpack maps <= 4096 keys)
+# Per-client lists in the status (accepted per client, clients online) stop here: a status costs the
+# same at 100 clients as at 100,000, and a fleet that large reads its metrics instead.
+MAX_LISTED_CLIENTS = 64
 MAX_PRESENCE = 100_000  # clients whose presence is remembered; the longest-offline are forgotten first
 
 
@@ -137,8 +140,8 @@ class ServerState:
         self.in_flight = 0  # taken by the learner, not yet published: still "pending" to observers
         self.presence: OrderedDict[str, Presence] = OrderedDict()  # least recently heard from first
         self.online_count = 0
-        # (published at, seconds from acceptance to the publication of the version that fused it)
-        self.fuse_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
+        # seconds from acceptance to the publication of the version that fused it (core/latency.py)
+        self.fuse_latency = LatencyStats(latency_window)
         self.dirty = False  # counters moved since the last checkpoint
 
     # -- updates -------------------------------------------------------------------------------
@@ -233,7 +236,8 @@ class ServerState:
         self.version = version
         self.in_flight = 0
         latencies = [now - a.arrived for a in batch]
-        self.fuse_latency.extend((now, latency) for latency in latencies)
+        for latency in latencies:
+            self.fuse_latency.add(now, latency)
         self.metrics.timeline.append((round(elapsed, 3), version, accuracy))
         if self.listener is not None:
             self.listener.published(version)
@@ -271,16 +275,17 @@ class ServerState:
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def latency(self, now: float, window: float | None = None) -> dict[str, float | int]:
-        since = None if window is None else now - window
-        return latency_summary(lat for at, lat in self.fuse_latency if since is None or at >= since)
+    def latency(self, now: float, recent: bool = False) -> dict[str, float | int]:
+        """Count, p50, p99 and max fuse latency: all-time, or over the last ``latency_window`` seconds."""
+        return self.fuse_latency.summary(now if recent else None)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The protocol counters as published in the status (bounded whatever the fleet size)."""
         m = self.metrics
         by_client = m.accepted_by_client
         listed = len(by_client) <= MAX_LISTED_CLIENTS
-        online = [cid for cid, p in self.presence.items() if p.online] if self.online_count <= 64 else []
+        online = ([cid for cid, p in self.presence.items() if p.online]
+                  if len(self.presence) <= MAX_LISTED_CLIENTS else [])
         return {
             "version": self.version,
             "accepted": m.accepted,
@@ -297,23 +302,7 @@ class ServerState:
             "distill_seconds": round(m.distill_seconds, 3),
             "distill_steps_skipped": m.distill_steps_skipped,
             "fuse_latency": self.latency(now),
-            "fuse_latency_recent": self.latency(now, self.latency_window),
+            "fuse_latency_recent": self.latency(now, recent=True),
             "clients_online": sorted(online),
             "clients_online_count": self.online_count,
         }
-
-
-def latency_summary(samples: Iterable[float]) -> dict[str, float | int]:
-    """Count, p50, p99 and max of latency samples in seconds (zeros when there are none)."""
-    values = sorted(samples)
-    if not values:
-        return {"count": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
-
-    def pct(q: float) -> float:  # linear interpolation, as numpy.percentile's default
-        pos = (len(values) - 1) * q
-        lo = int(pos)
-        hi = min(lo + 1, len(values) - 1)
-        return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-    return {"count": len(values), "p50": round(pct(0.5), 4), "p99": round(pct(0.99), 4),
-            "max": round(values[-1], 4)}
