@@ -336,7 +336,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
 
 
 # Per client in the report: what it trained (for the bench: parameters, FLOPs, peak memory) and sent.
-CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "knowledge_version", "bytes_up",
+CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "updates_accepted",
+                 "updates_superseded", "updates_pending", "updates_republished", "knowledge_version", "bytes_up",
                  "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state")
 
 
