@@ -55,6 +55,10 @@ class ScaleSettings:
     connect_timeout: float = 90.0
     ack_timeout: float = 30.0  # a client republishes an update whose verdict is this late
     drain_timeout: float = 90.0  # at the end: how long clients may wait for their last verdicts
+    # Scheduling priority (nice) of the load processes: they stand in for devices that would run on
+    # their own CPUs, so they must not take the cores from the server they measure (as client_nice in
+    # scenarios). Other programs on a shared machine still compete: the table shows the machine's load.
+    load_nice: int = 10
 
     def __post_init__(self) -> None:
         if not self.steps or any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
@@ -183,7 +187,7 @@ async def scale_run(settings: ScaleSettings, workdir: Path) -> dict[str, Any]:
                     (workdir / f"loadgen-{target}.spec.json").write_text(json.dumps(spec))
                     processes.add(NodeProcess(f"loadgen-{target}", "loadgen", {}, workdir, argv=[
                         sys.executable, "-m", "koala_async.tools.bench.loadgen", "steady",
-                        str(workdir / f"loadgen-{target}.spec.json")]))
+                        str(workdir / f"loadgen-{target}.spec.json")], nice=settings.load_nice))
                     processes.start(f"loadgen-{target}")
                     stats_files.append(stats_file)
                     previous = target
