@@ -131,7 +131,8 @@ class ClientNode:
         return self._events.dropped
 
     async def done(self) -> None:
-        """Returns once ``max_updates`` updates have been published (never when it is 0)."""
+        """Returns once ``max_updates`` updates have been published and the last has its verdict (or
+        ``3 * ack_timeout`` passed without one); never when ``max_updates`` is 0."""
         await self._done.wait()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -228,6 +229,7 @@ class ClientNode:
                 await self._workers.run(self.task.build, self.inputs.spec())
                 self._events.emit(TierChanged(cfg.node_id, tier, previous, self.task.tier_reason))
             await self._train_and_publish()
+        await self.outbox.settled(3 * cfg.ack_timeout)  # "done" once its updates are judged: two republishes
         await self._report("done")
         self._done.set()
 

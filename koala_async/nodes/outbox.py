@@ -54,6 +54,7 @@ class Outbox:
         self.bytes_up = 0
         self._published: deque[int] = deque(maxlen=1024)  # await_verdicts off: seqs whose verdict may come
         self._changed = asyncio.Event()  # a new pending update: the retry loop re-reads its deadline
+        self._judged = asyncio.Event()  # set whenever a verdict clears the pending update
 
     # -- counts (see core/delivery.py for what each means) --------------------------------------
 
@@ -145,6 +146,18 @@ class Outbox:
         log.info("%s: publishing the pending update left by a crash", self.node_id)
         await self.send(transport, message, tier, payload)
 
+    async def settled(self, timeout: float) -> bool:
+        """Wait until the pending update (if any) has its verdict, for at most ``timeout`` seconds
+        (republications included); True when nothing is pending."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.await_verdicts and self.ledger.pending is not None:
+                    self._judged.clear()
+                    await self._judged.wait()
+        except TimeoutError:
+            return False
+        return True
+
     # -- verdicts ------------------------------------------------------------------------------
 
     def on_ack(self, ack: Ack) -> str | None:
@@ -165,8 +178,10 @@ class Outbox:
             outcome = self.ledger.verdict(ack.update_seq, ack.accepted, ack.reason)
             if outcome == "unknown":
                 return "unknown_ack"
-            if was_pending and self.store is not None:
-                self.store.clear_pending()  # the server has judged it: nothing left to republish
+            if was_pending:
+                self._judged.set()
+                if self.store is not None:
+                    self.store.clear_pending()  # the server has judged it: nothing left to republish
         if outcome in ("accepted", "rejected", "converted"):
             if ack.accepted:
                 self.events.emit(UpdateAccepted(self.node_id, self.node_id, ack.update_seq, ack.version,

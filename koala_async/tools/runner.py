@@ -172,7 +172,9 @@ class Run:
             if not node.alive or cid in self.paused:
                 continue
             fresh = obs.client_status_at.get(cid, -1) >= self.started_at.get(cid, 0)
-            if not fresh or obs.clients.get(cid, {}).get("updates_sent", 0) < target:
+            status = obs.clients.get(cid, {})
+            # done: every update sent, and each judged by the server (none pending at the client)
+            if not fresh or status.get("updates_sent", 0) < target or status.get("updates_pending", 0):
                 return False
         settled = time.monotonic() - obs.last_version_change >= self.scenario.federation.settle
         return srv.get("pending", 1) == 0 and settled
