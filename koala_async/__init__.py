@@ -11,7 +11,8 @@ Public API (everything else is private and may change):
   ``dataset = "none"`` trains once ``min_samples`` are held); bad input raises :class:`DataError`.
 - ``node.events()`` on both nodes: an async iterator of typed, frozen events with its own bounded
   queue (oldest dropped when full, counted in ``node.events_dropped``): :class:`Connected`,
-  :class:`ConnectionLost`, :class:`KnowledgeChanged`, :class:`TierChanged`, :class:`UpdatePublished`,
+  :class:`ConnectionLost`, :class:`KnowledgeChanged`, :class:`TierChanged`, :class:`Trained`,
+  :class:`UpdatePublished`,
   :class:`UpdateAccepted`, :class:`UpdateRejected` (all :class:`Event`; see
   :mod:`koala_async.nodes.events`).
 - :class:`EmbeddedBroker`: an in-process amqtt broker on a loopback port.
@@ -28,14 +29,14 @@ from koala_async.errors import (BrokerUnavailable, ConfigError, DataError, Koala
                                 TransportError)
 from koala_async.io.broker import EmbeddedBroker
 from koala_async.nodes.client import ClientConfig, ClientNode
-from koala_async.nodes.events import (Connected, ConnectionLost, Event, KnowledgeChanged, TierChanged,
+from koala_async.nodes.events import (Connected, ConnectionLost, Event, KnowledgeChanged, TierChanged, Trained,
                                       UpdateAccepted, UpdatePublished, UpdateRejected)
 from koala_async.nodes.server import ServerConfig, ServerNode
 
 __all__ = [
     "BrokerUnavailable", "ClientConfig", "ClientNode", "ConfigError", "Connected", "ConnectionLost", "DataError",
     "EmbeddedBroker", "Event", "FusionConfig", "KnowledgeChanged", "KoalaError", "MessageError", "ServerConfig",
-    "ServerNode", "StalenessPolicy", "TierChanged", "TransportError", "UpdateAccepted", "UpdatePublished",
+    "ServerNode", "StalenessPolicy", "TierChanged", "Trained", "TransportError", "UpdateAccepted", "UpdatePublished",
     "UpdateRejected",
 ]
 __version__ = "0.1.0"

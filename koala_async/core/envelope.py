@@ -48,6 +48,7 @@ KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIN
 MODES = ("async", "sync", "fedavg")
 
 _FLOAT16 = np.dtype(np.float16)
+MAX_SUPERSEDED = 64  # sequence numbers one update may say it supersedes (core/delivery.MAX_CARRIED)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class Update:
     sample_ids: np.ndarray | None = None  # (n,) uint32 indices into the proxy set; None = all
     sent_at: float = 0.0
     label_counts: np.ndarray | None = None  # (C,) optional class histogram of the private shard
+    # Older updates of this sender that this one replaces before their verdict came (core/delivery.py).
+    supersedes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,8 @@ def encode(message: Message) -> bytes:
             body["ids"] = pack_array(message.sample_ids.astype(np.uint32, copy=False))
         if message.label_counts is not None:
             body["labels"] = pack_array(message.label_counts.astype(np.uint32, copy=False))
+        if message.supersedes:  # absent means none: older decoders and payloads stay valid
+            body["sup"] = list(message.supersedes)
         head = _header(KIND_UPDATE, message.sender, message.seq, message.base_version, message.sent_at)
     elif isinstance(message, Knowledge):
         body = {"proxy": message.proxy_id, "classes": message.num_classes,
@@ -372,9 +377,13 @@ def _decode_update(body: dict[str, Any], sender: str, seq: int, base: int, sent_
     if n_samples == 0:
         raise MessageError("empty_update", "n_samples is 0")
     tier = _get(body, "tier", str, kind)
+    supersedes = body.get("sup", [])
+    if type(supersedes) is not list or len(supersedes) > MAX_SUPERSEDED:
+        raise MessageError("bad_field", f"update.sup is not a list of at most {MAX_SUPERSEDED} numbers")
     return Update(sender=sender, seq=seq, base_version=base, tier=tier[:64], n_samples=n_samples,
                   proxy_id=_get(body, "proxy", str, kind), logits=logits, sample_ids=ids,
-                  sent_at=sent_at, label_counts=labels)
+                  sent_at=sent_at, label_counts=labels,
+                  supersedes=tuple(_int(v, "update.sup", limits.max_seq) for v in supersedes))
 
 
 def _decode_weights(body: dict[str, Any], sender: str, seq: int, base: int, sent_at: float, epoch: int,

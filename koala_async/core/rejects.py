@@ -20,11 +20,15 @@ class RejectCounter:
         self.interval = interval
         self.clock = clock
         self.counts: Counter[str] = Counter()
+        # Told each reason as it is counted (O(1); e.g. the node's Prometheus metrics), if set.
+        self.listener: Callable[[str], None] | None = None
         self._logged_at: dict[str, float] = {}
         self._unlogged: Counter[str] = Counter()
 
     def reject(self, reason: str, detail: str = "", origin: str = "") -> None:
         self.counts[reason] += 1
+        if self.listener is not None:
+            self.listener(reason)
         now = self.clock()
         last = self._logged_at.get(reason)
         if last is None:

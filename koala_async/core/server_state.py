@@ -14,20 +14,32 @@ decisions; it does no I/O, starts no task and imports no asyncio, torch or aiomq
    latency from acceptance to publication.
 
 A status message goes to :meth:`ServerState.on_status`, which keeps bounded presence per client.
+
+Clients keep an update until its verdict and republish it when none came (core/delivery.py): a copy
+of an update already judged gets the same answer (an accepted one ``accepted=True, reason="duplicate"``)
+from the :class:`~koala_async.core.verdicts.VerdictMemory`, counted as a ``duplicate`` delivery and
+marked ``repeat``; the numbers an update says it supersedes go to :meth:`ServerState.withdraw` before
+the update itself is decided. So every update a client published is counted once: ``accepted``,
+``rejected`` by a reason other than ``duplicate``, or ``superseded``.
+
+An optional :class:`StateListener` hears each count as it happens (O(1) per event): the node's
+metrics adapter (``koala_async.nodes.telemetry``) feeds Prometheus from it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from koala_async.core.admission import Decision
-from koala_async.core.dedupe import SeqWindow
+from koala_async.core.dedupe import DUPLICATE, SeqWindow
 from koala_async.core.envelope import Message, Status
+from koala_async.core.latency import LatencyStats
 from koala_async.core.rejects import RejectCounter
+from koala_async.core.verdicts import SUPERSEDED, Answer, VerdictMemory
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +50,9 @@ Admission = Callable[[Message, "str | None", int, SeqWindow, "int | None"], "Dec
 Gate = Callable[[Any], str]
 
 STALENESS_BUCKETS = 32  # staleness histogram: "0".."31" and "32+"
-MAX_LISTED_CLIENTS = 1_000  # per-client maps in the status (decodable: msgpack maps <= 4096 keys)
+# Per-client lists in the status (accepted per client, clients online) stop here: a status costs the
+# same at 100 clients as at 100,000, and a fleet that large reads its metrics instead.
+MAX_LISTED_CLIENTS = 64
 MAX_PRESENCE = 100_000  # clients whose presence is remembered; the longest-offline are forgotten first
 
 
@@ -57,6 +71,23 @@ class Verdict:
     staleness: int
     client: str
     seq: int
+    repeat: bool = False  # an answer about an update judged before (a copy, or a superseded number)
+
+
+class StateListener(Protocol):
+    """Hears the protocol state's counts as they happen (each call O(1)); see the module docstring."""
+
+    def accepted(self, staleness: int) -> None: ...
+
+    def superseded(self) -> None: ...
+
+    def fused(self, latency: float) -> None: ...
+
+    def published(self, version: int) -> None: ...
+
+    def distilled(self, seconds: float) -> None: ...
+
+    def online(self, count: int) -> None: ...
 
 
 @dataclass
@@ -76,6 +107,7 @@ class ServerMetrics:
     knowledge_bytes: int = 0
     distill_seconds: float = 0.0
     distill_steps_skipped: int = 0  # steps a version's latency budget cut short
+    superseded: int = 0  # updates their clients replaced before the server had them
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
     accepted_by_client: dict[str, int] = field(default_factory=dict)
     staleness_hist: dict[str, int] = field(default_factory=dict)
@@ -100,14 +132,16 @@ class ServerState:
         self.latency_window = latency_window
         self.version = 0
         self.seen = SeqWindow()
+        self.verdicts = VerdictMemory()
+        self.listener: StateListener | None = None
         self.metrics = ServerMetrics()
         self.rejects = rejects or RejectCounter(log)
         self.pending: list[Arrival] = []
         self.in_flight = 0  # taken by the learner, not yet published: still "pending" to observers
         self.presence: OrderedDict[str, Presence] = OrderedDict()  # least recently heard from first
         self.online_count = 0
-        # (published at, seconds from acceptance to the publication of the version that fused it)
-        self.fuse_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
+        # seconds from acceptance to the publication of the version that fused it (core/latency.py)
+        self.fuse_latency = LatencyStats(latency_window)
         self.dirty = False  # counters moved since the last checkpoint
 
     # -- updates -------------------------------------------------------------------------------
@@ -119,20 +153,62 @@ class ServerState:
         None when the message is of a kind this mode does not take on update topics (counted as
         ``wrong_kind``; no verdict goes back for it).
         """
+        sender, seq = getattr(message, "sender", "?"), getattr(message, "seq", -1)
+        if topic_sender is None or sender == topic_sender:
+            known = self.verdicts.recall(sender, seq)
+            if known is not None:  # a copy of an update judged before: the same answer, counted once
+                self.metrics.update_bytes += size
+                return self._repeat(known, sender, seq)
         decision = self.admission(message, topic_sender, self.version, self.seen, now_ms)
         if decision is None:
             self.rejects.reject("wrong_kind", type(message).__name__, origin)
             return None
         self.metrics.update_bytes += size
-        sender, seq = getattr(message, "sender", "?"), getattr(message, "seq", -1)
+        if decision.reason == DUPLICATE:  # seen, its answer forgotten: only accepted numbers are seen
+            return self._repeat(Answer(True, DUPLICATE), sender, seq)
         reason = decision.reason if not decision.accepted else self.gate(message)
         if reason != "accepted":
             self.rejects.reject(reason, f"seq={seq}", sender)
+            self.verdicts.remember(sender, seq, False, reason)
         return Verdict(reason == "accepted", reason, decision.staleness, topic_sender or sender, seq)
+
+    def _repeat(self, known: Answer, sender: str, seq: int) -> Verdict:
+        self.rejects.reject(DUPLICATE, f"seq={seq}", sender)  # a delivery, not another update
+        return Verdict(known.accepted, DUPLICATE if known.accepted else known.reason, 0, sender, seq, repeat=True)
+
+    def withdraw(self, message: Any, topic_sender: str | None, now_ms: int | None = None) -> list[Verdict]:
+        """The numbers ``message`` (an Update) says it supersedes: each never seen is counted
+        ``superseded`` once and marked seen (a late copy is refused, never fused over the newer update);
+        returns the answer for each, to send back. Call before :meth:`decide` on ``message``."""
+        numbers = getattr(message, "supersedes", ())
+        sender, carrier = message.sender, message.seq
+        if not numbers or (topic_sender is not None and sender != topic_sender):
+            return []
+        if self.verdicts.recall(sender, carrier) is not None or self.seen.seen(sender, carrier):
+            return []  # a copy of an update whose list was handled when it first came
+        answers = []
+        for seq in numbers:
+            if seq >= carrier:
+                continue  # only an older update can be superseded by this one
+            known = self.verdicts.recall(sender, seq)
+            if known is not None:
+                answers.append(Verdict(known.accepted, DUPLICATE if known.accepted else known.reason, 0,
+                                       sender, seq, repeat=True))
+            elif self.seen.seen(sender, seq):
+                answers.append(Verdict(True, DUPLICATE, 0, sender, seq, repeat=True))
+            elif self.seen.add(sender, seq, now_ms):
+                self.verdicts.remember(sender, seq, False, SUPERSEDED)
+                self.metrics.superseded += 1
+                self.dirty = True
+                if self.listener is not None:
+                    self.listener.superseded()
+                answers.append(Verdict(False, SUPERSEDED, 0, sender, seq, repeat=True))
+        return answers
 
     def accept(self, message: Any, envelope: bytes, staleness: int, now: float, now_ms: int | None = None) -> None:
         """Count an accepted message and queue it for the learner (once the caller made it durable)."""
         self.seen.add(message.sender, message.seq, now_ms)
+        self.verdicts.remember(message.sender, message.seq, True, "accepted")
         m = self.metrics
         m.accepted += 1
         m.accepted_by_client[message.sender] = m.accepted_by_client.get(message.sender, 0) + 1
@@ -142,6 +218,8 @@ class ServerState:
         m.staleness_hist[bucket] = m.staleness_hist.get(bucket, 0) + 1
         self.pending.append(Arrival(message, envelope, now))
         self.dirty = True
+        if self.listener is not None:
+            self.listener.accepted(staleness)
 
     def take(self, limit: int | None = None) -> list[Arrival]:
         """Hand the pending arrivals (up to ``limit``, oldest first) to the learner."""
@@ -157,8 +235,20 @@ class ServerState:
         """Version ``version`` is out: it fused ``batch``."""
         self.version = version
         self.in_flight = 0
-        self.fuse_latency.extend((now, now - a.arrived) for a in batch)
+        latencies = [now - a.arrived for a in batch]
+        for latency in latencies:
+            self.fuse_latency.add(now, latency)
         self.metrics.timeline.append((round(elapsed, 3), version, accuracy))
+        if self.listener is not None:
+            self.listener.published(version)
+            for latency in latencies:
+                self.listener.fused(latency)
+
+    def distilled(self, seconds: float) -> None:
+        """One learning pass took ``seconds``."""
+        self.metrics.distill_seconds += seconds
+        if self.listener is not None:
+            self.listener.distilled(seconds)
 
     # -- presence ------------------------------------------------------------------------------
 
@@ -175,6 +265,8 @@ class ServerState:
         while len(self.presence) > MAX_PRESENCE:
             _, gone = self.presence.popitem(last=False)
             self.online_count -= int(gone.online)
+        if self.listener is not None:
+            self.listener.online(self.online_count)
         return old is None or old.online != status.online or old.state != status.state
 
     def available(self) -> set[str]:
@@ -183,22 +275,24 @@ class ServerState:
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def latency(self, now: float, window: float | None = None) -> dict[str, float | int]:
-        since = None if window is None else now - window
-        return latency_summary(lat for at, lat in self.fuse_latency if since is None or at >= since)
+    def latency(self, now: float, recent: bool = False) -> dict[str, float | int]:
+        """Count, p50, p99 and max fuse latency: all-time, or over the last ``latency_window`` seconds."""
+        return self.fuse_latency.summary(now if recent else None)
 
     def snapshot(self, now: float) -> dict[str, Any]:
         """The protocol counters as published in the status (bounded whatever the fleet size)."""
         m = self.metrics
         by_client = m.accepted_by_client
         listed = len(by_client) <= MAX_LISTED_CLIENTS
-        online = [cid for cid, p in self.presence.items() if p.online] if self.online_count <= 64 else []
+        online = ([cid for cid, p in self.presence.items() if p.online]
+                  if len(self.presence) <= MAX_LISTED_CLIENTS else [])
         return {
             "version": self.version,
             "accepted": m.accepted,
             "accepted_by_client": dict(by_client) if listed else {},
             "clients_accepted": len(by_client),
             "rejected": dict(self.rejects.counts),
+            "superseded": m.superseded,
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
             "staleness_hist": dict(m.staleness_hist),
@@ -208,23 +302,7 @@ class ServerState:
             "distill_seconds": round(m.distill_seconds, 3),
             "distill_steps_skipped": m.distill_steps_skipped,
             "fuse_latency": self.latency(now),
-            "fuse_latency_recent": self.latency(now, self.latency_window),
+            "fuse_latency_recent": self.latency(now, recent=True),
             "clients_online": sorted(online),
             "clients_online_count": self.online_count,
         }
-
-
-def latency_summary(samples: Iterable[float]) -> dict[str, float | int]:
-    """Count, p50, p99 and max of latency samples in seconds (zeros when there are none)."""
-    values = sorted(samples)
-    if not values:
-        return {"count": 0, "p50": 0.0, "p99": 0.0, "max": 0.0}
-
-    def pct(q: float) -> float:  # linear interpolation, as numpy.percentile's default
-        pos = (len(values) - 1) * q
-        lo = int(pos)
-        hi = min(lo + 1, len(values) - 1)
-        return values[lo] + (values[hi] - values[lo]) * (pos - lo)
-
-    return {"count": len(values), "p50": round(pct(0.5), 4), "p99": round(pct(0.99), 4),
-            "max": round(values[-1], 4)}

@@ -20,7 +20,9 @@ Contract (both honour it):
 - Incoming messages on subscribed topics go to ``handler`` (synchronously, in arrival order, never
   awaited: a slow handler slows reading) when one is given, else to ``messages()``.
 - ``publish`` waits for a connection and, for QoS >= 1, retries until the broker acknowledges;
-  with ``timeout`` it raises :class:`~koala_async.errors.TransportError` when it cannot finish.
+  with ``timeout`` it raises :class:`~koala_async.errors.TransportError` when it cannot finish;
+  ``expiry`` (seconds) asks the broker to drop the message once it has waited that long for a
+  subscriber (MQTT 5; a transport or link without expiry ignores it). Never set on retained messages.
 - ``__aexit__`` disconnects cleanly: no last will.
 """
 
@@ -95,7 +97,7 @@ class Transport(Protocol):
     async def __aexit__(self, *exc: object) -> None: ...
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      timeout: float | None = None) -> None: ...
+                      timeout: float | None = None, expiry: float | None = None) -> None: ...
 
     def messages(self) -> AsyncIterator[Incoming]: ...
 

@@ -39,7 +39,9 @@ class MemoryBroker:
         self.up = True
         self.retained: dict[str, Incoming] = {}
         self.published: Counter[str] = Counter()
+        self.lost: Counter[str] = Counter()  # messages taken and delivered to nobody (lose_next)
         self._links: dict[str, MemoryTransport] = {}
+        self._losing: list[list[object]] = []  # [pattern, count left]
 
     @property
     def url(self) -> str:
@@ -79,12 +81,22 @@ class MemoryBroker:
                 self.retained[topic] = Incoming(topic, payload, True)
             else:
                 self.retained.pop(topic, None)
+        for rule in self._losing:
+            if rule[1] and topic_matches(str(rule[0]), topic):  # type: ignore[call-overload]
+                rule[1] -= 1  # type: ignore[operator]
+                self.lost[topic] += 1
+                return
         live = Incoming(topic, payload, False)
         for link in list(self._links.values()):
             if link.wants(topic):
                 link.deliver(live)
 
     # -- what tests call ---------------------------------------------------------------------
+
+    def lose_next(self, pattern: str, count: int) -> None:
+        """Take the next ``count`` messages on topics matching ``pattern`` and deliver them to nobody,
+        as Mosquitto does with QoS 1 messages past a slow subscriber's ``max_queued_messages``."""
+        self._losing.append([pattern, count])
 
     def drop(self, client_id: str) -> None:
         """Cut ``client_id``'s link as a network failure would: its will fires, it reconnects."""
@@ -205,7 +217,8 @@ class MemoryTransport:
                           message.topic)
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
-                      timeout: float | None = None) -> None:
+                      timeout: float | None = None, expiry: float | None = None) -> None:
+        # expiry: nothing waits in this broker (delivery is immediate), so there is nothing to expire
         try:
             async with asyncio.timeout(timeout):
                 while True:

@@ -174,6 +174,8 @@ class ServerMetrics(NodeMetrics):
         self._distill = self._histogram("koala_distillation_seconds", "duration of one distillation pass",
                                         DISTILL_BUCKETS)
         self._online = self._gauge("koala_clients_online", "clients whose presence says online")
+        self._superseded = self._counter("koala_updates_superseded_total",
+                                         "client updates their clients replaced before the server had them")
 
     def knowledge(self, version: int) -> None:
         self._version.set(version)
@@ -185,6 +187,9 @@ class ServerMetrics(NodeMetrics):
     def update_rejected(self, reason: str) -> None:
         """``reason``: a short fixed code (``stale``, ``duplicate``, ``bad_shape``...), never free text."""
         self._rejected.labels(reason).inc()
+
+    def update_superseded(self) -> None:
+        self._superseded.inc()
 
     def update_fused(self, latency: float) -> None:
         """An update reached the fused targets ``latency`` seconds after it arrived."""

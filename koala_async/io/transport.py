@@ -11,6 +11,15 @@ time the link comes up or goes down, hands incoming messages to a bounded queue 
 backpressure rather than dropping) or, given a ``handler``, straight to that function as they are
 read, and retries QoS 1 publishes until the broker acknowledges them. aiomqtt/paho errors become
 :class:`~koala_async.errors.TransportError` here and never leak further.
+
+**A new client id after a failover.** On a broker other than the one it was last connected to, the
+transport connects as ``<client_id>~<n>`` (``n`` counting failovers; ``~`` is never part of a node id).
+In a RabbitMQ cluster a subscriber's queue is named after its client id and lives on the node where it
+was declared; once that node dies, the same id cannot subscribe on any other node ("home node ... of
+durable queue ... is down", measured for clean and persistent sessions alike, for over a minute), while
+a new id subscribes at once. A persistent session is lost with that node anyway, so the id moves on
+with it; on independent brokers (a Mosquitto failover pair) a new id costs nothing. Reconnecting to
+the same broker keeps the id, so a persistent session there resumes.
 """
 
 from __future__ import annotations
@@ -102,6 +111,8 @@ class MqttTransport:
         self._client: aiomqtt.Client | None = None
         self._version = MQTT_311  # the protocol _client speaks
         self._index = 0  # into addresses: the broker in use or being tried
+        self._last: BrokerAddress | None = None  # the broker of the last connection made
+        self._generation = 0  # failovers so far: the suffix of the client id in use
         self._speaks: dict[BrokerAddress, int] = {}  # the version each broker last connected with
         self._fallback: set[BrokerAddress] = set()  # refused 5, and 3.1.1 not tried there yet
         self._errors: dict[str, str] = {}  # address -> its last error, since the last good connection
@@ -218,7 +229,11 @@ class MqttTransport:
         self._speaks[address] = version
         if stats.broker and stats.broker != str(address):
             stats.failovers += 1
-            log.warning("%s failed over from %s to %s", self.client_id, stats.broker, address)
+            log.warning("%s failed over from %s to %s (as %s)", self.client_id, stats.broker, address,
+                        self.identity(address))
+        if self._last is not None and address != self._last:
+            self._generation += 1
+        self._last = address
         stats.connects += 1
         stats.broker, stats.mqtt_version = str(address), version
         self._errors.clear()
@@ -226,6 +241,11 @@ class MqttTransport:
         self.connected.set()
         if self.on_link is not None:
             self.on_link(True, str(address))
+
+    def identity(self, address: BrokerAddress) -> str:
+        """The MQTT client id to connect to ``address`` with (see the module docstring)."""
+        generation = self._generation + (self._last is not None and address != self._last)
+        return self.client_id if generation == 0 else f"{self.client_id}~{generation}"
 
     def _subscribed(self, topic: aiomqtt.Topic) -> bool:
         """Whether ``topic`` matches one of our filters; cached per topic, as matching costs more
@@ -296,7 +316,7 @@ class MqttTransport:
             will = aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
         client = aiomqtt.Client(
             address.host, address.port, username=address.username, password=address.password,
-            identifier=self.client_id, will=will, keepalive=self.keepalive,
+            identifier=self.identity(address), will=will, keepalive=self.keepalive,
             # aiomqtt's timeout bounds only the wait for the CONNACK here: every other call passes its own
             tls_context=address.tls_context(), timeout=_CONNECT_TIMEOUT,
             # aiomqtt builds its incoming queue from this (a documented parameter): hand it ours

@@ -35,9 +35,10 @@ from koala_async.nodes.outbox import Outbox
 from koala_async.nodes.proxy_sync import FetchLink
 from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ClientConfig, TrainSettings
-from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, TierChanged, link_listener)
+from koala_async.nodes.events import EventHub, EventStream, KnowledgeChanged, TierChanged, Trained, link_listener
 from koala_async.nodes.modes import client_task
 from koala_async.nodes.readiness import Readiness
+from koala_async.nodes.telemetry import client_telemetry
 from koala_async.nodes.workers import Workers
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class ClientNode:
         store = ClientState(config.state_dir) if config.state_dir else None
         self._seq = SeqCounter(max(SeqCounter().value, store.last_seq() if store else 0))
         self.outbox = Outbox(config.node_id, self.topics.update(config.node_id), self._events, store,
-                             config.signing_key)
+                             config.signing_key, config.ack_timeout, config.await_verdicts)
         self._done = asyncio.Event()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -84,6 +85,7 @@ class ClientNode:
             subscriptions=tuple((t, 1) for t in (*self.task.subscriptions(), self.topics.ack(config.node_id))),
             seed=hash(config.node_id) & 0xFFFF, keepalive=config.keepalive,
             on_link=link_listener(self._events, config.broker)))
+        self.telemetry = client_telemetry(config, self._events, self.transport, self.outbox.ledger)
 
     # -- what callers use ----------------------------------------------------------------------
 
@@ -130,7 +132,8 @@ class ClientNode:
         return self._events.dropped
 
     async def done(self) -> None:
-        """Returns once ``max_updates`` updates have been published (never when it is 0)."""
+        """Returns once ``max_updates`` updates have been published and the last has its verdict (or
+        ``3 * ack_timeout`` passed without one); never when ``max_updates`` is 0."""
         await self._done.wait()
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -150,11 +153,13 @@ class ClientNode:
         self.inputs.start(self._initial)
         self._initial = None
         self._stack = AsyncExitStack()
+        self._stack.enter_context(self.telemetry)
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         fetch = FetchLink(self._connect, f"koala-{self.config.federation}-{self.config.node_id}-proxy",
                           self.config.keepalive)
         for coro, name in ((self._receive(), "receive"), (self._contribute(), "train"),
+                           (self.outbox.run(self.transport), "outbox"),
                            (self.task.background(fetch, self.gate, self.rejects, self.inputs), "proxy")):
             self._tasks.append(tasks.create_task(coro, name=f"{self.config.node_id}-{name}"))
         return self
@@ -228,6 +233,7 @@ class ClientNode:
                 await self._workers.run(self.task.build, self.inputs.spec())
                 self._events.emit(TierChanged(cfg.node_id, tier, previous, self.task.tier_reason))
             await self._train_and_publish()
+        await self.outbox.settled(3 * cfg.ack_timeout)  # "done" once its updates are judged: two republishes
         await self._report("done")
         self._done.set()
 
@@ -247,6 +253,7 @@ class ClientNode:
         seen, version = self.samples.seen, self.task.version
         x, y = self.samples.arrays()  # a snapshot: add_samples may go on while the thread trains
         message = await self._workers.run(self.task.train, x, y, self.samples.label_counts(), self._workers.stop)
+        self._events.emit(Trained(self.config.node_id, self.task.tier or "", time.perf_counter() - started))
         self.readiness.trained_on = (version, seen)
         await self.readiness.pace(started, self.task.knowledge is not None)
         self.state = "publishing"
@@ -267,9 +274,8 @@ class ClientNode:
             "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
             "rss_peak_bytes": peak_rss_bytes(), "resources": self.readiness.resources.summary(),
             "n_samples": len(self.samples), "samples_seen": self.samples.seen,
-            "updates_sent": self.outbox.sent, "updates_accepted": self.outbox.accepted,
-            "updates_rejected": dict(self.outbox.rejected), "events_dropped": self._events.dropped,
-            "knowledge_version": self.task.version or 0, "bytes_up": self.outbox.bytes_up,
+            **self.outbox.snapshot(), "events_dropped": self._events.dropped,
+            "knowledge_version": self.task.version or 0,
             "bytes_down": self.bytes_down + self.task.bytes_fetched, "rejected": dict(self.rejects.counts),
             "last_loss": None if loss != loss else round(loss, 4),
         }

@@ -15,6 +15,11 @@ from koala_async.core.topics import check_id
 from koala_async.core.trust import TrustConfig
 
 
+def check_metrics_port(port: int | None) -> None:
+    if port is not None and not 0 <= port <= 65535:
+        raise ValueError(f"metrics_port must be a TCP port (0 = any free one), not {port!r}")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything a server node needs; loadable from the ``[server]`` table of a TOML file."""
@@ -83,10 +88,14 @@ class ServerConfig:
     # Ed25519 private key (PEM; `koala keygen`) that signs knowledge, proxy set and global model; clients
     # pin its public key (``server_public_key``) and refuse what it did not sign.
     server_key_file: str | None = None
+    # Prometheus metrics on http://metrics_host:metrics_port/metrics (None: not served; 0: a free port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.mqtt_version not in (None, 4, 5):
             raise ValueError(f"mqtt_version must be 5, 4 (3.1.1) or unset, not {self.mqtt_version!r}")
+        check_metrics_port(self.metrics_port)
         check_id(self.node_id, "node_id")
         if self.distill_steps < 1 or self.buffer_size < 1:
             raise ValueError("distill_steps and buffer_size must be >= 1")
@@ -182,10 +191,22 @@ class ClientConfig:
     input_shape: tuple[int, ...] | None = None
     num_classes: int | None = None
     event_queue: int = 256  # per events() consumer; a full queue drops its oldest event
+    # End-to-end delivery (nodes/outbox.py): an update stays pending until the server's verdict and is
+    # published again (same seq) after ack_timeout seconds without one; MQTT 5 brokers drop a copy that
+    # waited that long (message expiry). await_verdicts = false trusts the broker's PUBACK instead (for
+    # a server with acks = false).
+    ack_timeout: float = 30.0
+    await_verdicts: bool = True
+    # Prometheus metrics on http://metrics_host:metrics_port/metrics (None: not served; 0: a free port).
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         if self.mqtt_version not in (None, 4, 5):
             raise ValueError(f"mqtt_version must be 5, 4 (3.1.1) or unset, not {self.mqtt_version!r}")
+        check_metrics_port(self.metrics_port)
+        if not self.ack_timeout > 0:
+            raise ValueError(f"ack_timeout must be > 0 seconds, not {self.ack_timeout!r}")
         check_id(self.node_id, "node_id")
         if self.retention not in RETENTIONS:
             raise ValueError(f"retention must be one of {list(RETENTIONS)}, got {self.retention!r}")

@@ -6,6 +6,8 @@
 and the loss is counted (``stream.dropped``, and ``node.events_dropped`` over all streams). A stream
 ends (the ``async for`` finishes) when the node shuts down, after its queued events are delivered.
 A stream nobody holds any more is forgotten (weakly referenced), so abandoned iterators cost nothing.
+A *tap* (``EventHub.tap(callback)``) is called synchronously with every event, never drops one, and
+must return at once: the node's own metrics (:mod:`koala_async.nodes.telemetry`) count through one.
 A stream sees what happens after it is asked for: ask before ``async with`` to see the first
 ``Connected``.
 
@@ -14,6 +16,7 @@ Events (all carry ``node``, the node id, and ``at``, ``time.time()`` when it hap
 - :class:`Connected` (``reconnect`` False the first time) and :class:`ConnectionLost`: the broker link.
 - :class:`KnowledgeChanged`: a new server knowledge version (client: received; server: published).
 - :class:`TierChanged`: the client chose (``previous`` None) or moved to another model tier.
+- :class:`Trained`: the client trained its model once (how long it took).
 - :class:`UpdatePublished`: the client's update reached the broker (QoS 1 acknowledged).
 - :class:`UpdateAccepted` / :class:`UpdateRejected`: the server's verdict on an update (on the
   client, from its ``clients/<id>/ack`` topic; on the server, for every client's update).
@@ -58,6 +61,12 @@ class TierChanged(Event):
     tier: str
     previous: str | None
     reason: str
+
+
+@dataclass(frozen=True)
+class Trained(Event):
+    tier: str
+    seconds: float  # wall time of one local training, in its worker thread
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,7 @@ class EventHub:
         self.dropped = 0
         self.emitted = 0
         self._streams: weakref.WeakSet[EventStream] = weakref.WeakSet()
+        self._taps: list[Callable[[Event], None]] = []
         self._closed = False
 
     def stream(self, maxsize: int | None = None) -> EventStream:
@@ -145,13 +155,19 @@ class EventHub:
             self._streams.add(stream)
         return stream
 
+    def tap(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` synchronously for every event from now on (it must not block)."""
+        self._taps.append(callback)
+
     @property
     def listening(self) -> bool:
-        """Whether any stream is open: hot paths build an event only when someone will read it."""
-        return bool(self._streams)
+        """Whether any stream or tap is open: hot paths build an event only when someone will read it."""
+        return bool(self._streams) or bool(self._taps)
 
     def emit(self, event: Event) -> None:
         self.emitted += 1
+        for callback in self._taps:
+            callback(event)
         for stream in list(self._streams):
             if stream._put(event):
                 self.dropped += 1

@@ -41,6 +41,7 @@ from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, U
                                       link_listener)
 from koala_async.nodes.modes import server_parts
 from koala_async.nodes.pacing import Batch
+from koala_async.nodes.telemetry import server_telemetry
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ServerNode:
             f"koala-{config.federation}-{config.node_id}", will=will, clean_session=False,
             subscriptions=((self.topics.all_updates, 1), (self.topics.all_client_status, 1)),
             on_connect=self._on_connect, on_link=link_listener(self._events, config.broker), handler=self._take))
+        self.telemetry = server_telemetry(config, self.state, self.transport)  # Prometheus, with metrics_port
         self._payloads: dict[str, bytes] = {}  # topic -> the retained payload describing this version
         self._arrived = asyncio.Event()
         self._stop = threading.Event()  # set on the way out: a running distillation ends at its next step
@@ -139,6 +141,7 @@ class ServerNode:
         if self.state.pending:
             self._arrived.set()
         self._stack = AsyncExitStack()
+        self._stack.enter_context(self.telemetry)
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._started = time.monotonic()
@@ -187,10 +190,12 @@ class ServerNode:
             self.state.rejects.error(exc, client_id or msg.topic)
             return
         now_ms = int(time.time() * 1000)
+        for answer in self.state.withdraw(message, client_id, now_ms):  # what it supersedes, first
+            self._tell(answer)
         verdict = self.state.decide(message, client_id, len(msg.payload), msg.topic, now_ms)
         if verdict is None:
             return
-        if verdict.accepted:
+        if verdict.accepted and not verdict.repeat:
             if self.store is not None:
                 self.store.append(envelope)  # durable first, counted second
             self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(),
@@ -216,7 +221,7 @@ class ServerNode:
         if self.config.acks:
             self.acks.offer(verdict.client, verdict.seq, verdict.accepted, verdict.reason, self.state.version,
                             verdict.staleness)
-        if self._events.listening:  # once per update: build no event nobody reads
+        if self._events.listening and not verdict.repeat:  # build no event nobody reads
             node, v = self.config.node_id, self.state.version
             self._events.emit(UpdateAccepted(node, verdict.client, verdict.seq, v, verdict.staleness)
                               if verdict.accepted else UpdateRejected(node, verdict.client, verdict.seq, v,
@@ -238,7 +243,7 @@ class ServerNode:
         started = time.perf_counter()
         await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps,
                                 self._stop)
-        self.state.metrics.distill_seconds += time.perf_counter() - started
+        self.state.distilled(time.perf_counter() - started)
         version = self.state.version + 1
         if self.store is not None:
             await self._checkpoint(version)  # durable before anyone can see it

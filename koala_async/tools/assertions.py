@@ -33,7 +33,7 @@ def evaluate(spec: AssertionSpec, scenario: Scenario, obs: Observer, events: lis
     if spec.kind == "learning_while_down":
         return _learning_while_down(spec, obs, events)
     if spec.kind == "all_contributed":
-        ids = resolve_target(spec.target, scenario.client_ids(), scenario.groups())
+        ids = resolve_target(spec.target, scenario.client_ids(), scenario.groups(), scenario.broker.count)
         need = int(spec.min if spec.min is not None else 1)
         by_client = srv.get("accepted_by_client", {})
         short = sorted(c for c in ids if by_client.get(c, 0) < need)
@@ -70,16 +70,17 @@ def _nothing_lost(spec: AssertionSpec, obs: Observer, events: list[dict[str, Any
 
 
 def _reconnected(spec: AssertionSpec, obs: Observer, events: list[dict[str, Any]]) -> dict[str, Any]:
-    kills = [e for e in events if e["target"] == "broker" and e["action"] in ("kill", "stop")]
+    kills = [e for e in events if _is_broker(e["target"]) and e["action"] in ("kill", "stop")]
     if not kills:
-        return _result(spec, False, None, "all survivors", "the timeline never restarted the broker")
+        return _result(spec, False, None, "all survivors", "the timeline never stopped or killed a broker")
     kill = kills[-1]
     final = obs.server.get("accepted_by_client", {})
     gone = {e["target"] for e in events if e["at"] >= kill["at"] and e["action"] in ("kill", "stop")}
     survivors = [c for c in kill["alive"] if c not in gone]
     silent = sorted(c for c in survivors if final.get(c, 0) <= kill["accepted_by_client"].get(c, 0))
     return _result(spec, bool(survivors) and not silent, len(survivors) - len(silent),
-                   f"all {len(survivors)} surviving clients contributed after the restart at {kill['at']}s",
+                   f"all {len(survivors)} surviving clients contributed after {kill['target']} went down at "
+                   f"{kill['at']}s",
                    f"silent: {silent}" if silent else "")
 
 
@@ -87,12 +88,13 @@ def _learning_while_down(spec: AssertionSpec, obs: Observer, events: list[dict[s
     if spec.window:
         t0, t1 = spec.window
     else:
-        down = [e for e in events if e["action"] in DOWN_ACTIONS and e["target"] not in ("server", "broker")]
+        down = [e for e in events if e["action"] in DOWN_ACTIONS and e["target"] != "server"
+                and not _is_broker(e["target"])]
         if not down:
             return _result(spec, False, None, "versions gained", "no client went down")
         t0 = down[0]["at"]
         back = [e for e in events if e["at"] > t0 and e["action"] in ("start", "resume", "restore")
-                and e["target"] not in ("server", "broker")]
+                and e["target"] != "server" and not _is_broker(e["target"])]
         t1 = back[0]["at"] if back else (obs.samples[-1]["t"] if obs.samples else t0)
     inside = [s for s in obs.samples if t0 <= s["t"] <= t1]
     before = [s for s in obs.samples if s["t"] <= t0]
@@ -100,3 +102,7 @@ def _learning_while_down(spec: AssertionSpec, obs: Observer, events: list[dict[s
     gained = (max(s["version"] for s in inside) - start_version) if inside else 0
     need = int(spec.min if spec.min is not None else 1)
     return _result(spec, gained >= need, gained, f">= {need} new versions in [{t0:.1f}s, {t1:.1f}s]")
+
+
+def _is_broker(target: str) -> bool:
+    return target == "broker" or target.startswith("broker-")

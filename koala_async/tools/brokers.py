@@ -31,18 +31,19 @@ def find_mosquitto(name: str = "mosquitto") -> str:
     return found
 
 
-def broker_process(kind: str, workdir: Path, executable: str = "mosquitto") -> tuple[NodeProcess, str]:
-    """A not-yet-started broker process on a free loopback port, and its URL."""
+def broker_process(kind: str, workdir: Path, executable: str = "mosquitto",
+                   name: str = "broker") -> tuple[NodeProcess, str]:
+    """A not-yet-started broker process called ``name`` on a free loopback port, and its URL."""
     port = free_port()
     if kind == "mosquitto":
-        conf = workdir / "mosquitto.conf"
+        conf = workdir / ("mosquitto.conf" if name == "broker" else f"mosquitto-{name}.conf")
         conf.write_text(MOSQUITTO_CONF.format(port=port))
         argv = [find_mosquitto(executable), "-c", str(conf)]
     elif kind == "embedded":
         argv = [sys.executable, "-m", "koala_async", "broker", "--host", "127.0.0.1", "--port", str(port)]
     else:
         raise ValueError(f"no broker process for kind {kind!r}")
-    return NodeProcess("broker", "broker", {}, workdir, argv=argv), f"mqtt://127.0.0.1:{port}"
+    return NodeProcess(name, "broker", {}, workdir, argv=argv), f"mqtt://127.0.0.1:{port}"
 
 
 def wait_listening(port: int, node: NodeProcess, timeout: float = 20.0) -> None:

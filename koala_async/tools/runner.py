@@ -19,12 +19,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
-from koala_async.io.transport import BrokerAddress, MqttTransport
+from koala_async.io.transport import BrokerAddress, MqttTransport, parse_brokers
 from koala_async.tools.assertions import evaluate
+from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
 from koala_async.tools.linkproxy import LinkProxy
@@ -97,13 +97,13 @@ class Run:
     """The state of one run: its processes, link proxies, observer and event log."""
 
     def __init__(self, scenario: Scenario, processes: ProcessSet, observer: Observer, view: RunView,
-                 proxies: dict[str, LinkProxy], broker_port: int | None) -> None:
+                 proxies: dict[str, LinkProxy], broker_ports: dict[str, int]) -> None:
         self.scenario = scenario
         self.processes = processes
         self.observer = observer
         self.view = view
         self.proxies = proxies
-        self.broker_port = broker_port
+        self.broker_ports = broker_ports  # broker process name -> its port (none for an external one)
         self.started_at: dict[str, float] = {}
         self.paused: set[str] = set()
         self.log: list[dict[str, Any]] = []
@@ -130,8 +130,8 @@ class Run:
                 entry["skipped"] = "already running"
             else:
                 self.start(event.target)
-                if node.role == "broker" and self.broker_port:
-                    await asyncio.to_thread(wait_listening, self.broker_port, node)
+                if node.role == "broker" and event.target in self.broker_ports:
+                    await asyncio.to_thread(wait_listening, self.broker_ports[event.target], node)
         elif event.action in ("stop", "kill"):
             node.expected_down = True
             self.paused.discard(event.target)
@@ -172,7 +172,9 @@ class Run:
             if not node.alive or cid in self.paused:
                 continue
             fresh = obs.client_status_at.get(cid, -1) >= self.started_at.get(cid, 0)
-            if not fresh or obs.clients.get(cid, {}).get("updates_sent", 0) < target:
+            status = obs.clients.get(cid, {})
+            # done: every update sent, and each judged by the server (none pending at the client)
+            if not fresh or status.get("updates_sent", 0) < target or status.get("updates_pending", 0):
                 return False
         settled = time.monotonic() - obs.last_version_change >= self.scenario.federation.settle
         return srv.get("pending", 1) == 0 and settled
@@ -208,31 +210,35 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
     async with AsyncExitStack() as stack:
         stack.callback(processes.close)  # registered first: runs last, whatever happened
         view = stack.enter_context(RunView(f"koala run {fed.name}", quiet=quiet))
-        broker_port = None
+        broker_ports: dict[str, int] = {}
         if scenario.broker.kind == "external":
             assert scenario.broker.url is not None
-            url = scenario.broker.url
+            urls = [u.strip() for u in scenario.broker.url.split(",") if u.strip()]
         else:
-            node, url = broker_process(scenario.broker.kind, workpath, scenario.broker.mosquitto)
-            processes.add(node)
-            broker_port = BrokerAddress.parse(url).port
-            processes.start("broker")
-            await asyncio.to_thread(wait_listening, broker_port, node)
+            urls = []
+            for name in scenario.broker.names:  # independent brokers; nodes fail over down the list
+                node, one = broker_process(scenario.broker.kind, workpath, scenario.broker.mosquitto, name)
+                processes.add(node)
+                broker_ports[name] = BrokerAddress.parse(one).port
+                processes.start(name)
+                await asyncio.to_thread(wait_listening, broker_ports[name], node)
+                urls.append(one)
+        url = ",".join(urls)  # a node config's broker: every URL, in failover order
         proxies: dict[str, LinkProxy] = {}
         for event in scenario.timeline:
-            if event.action == "cut" and event.target not in proxies:
+            if event.action == "cut" and event.target not in proxies:  # cuts the link to the first broker
                 proxies[event.target] = await stack.enter_async_context(
-                    LinkProxy(BrokerAddress.parse(url).port))
+                    LinkProxy(BrokerAddress.parse(urls[0]).port))
         server_cfg = _with_server_state(scenario.server_config(url), workpath)
-        client_cfgs = [{**c, "broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else c
-                       for c in scenario.client_configs(url)]
-        view.event(observer.elapsed(), f"{scenario.broker.kind} broker at {url}; work dir {workpath}")
+        client_cfgs = [{**c, "broker": ",".join([proxies[c["node_id"]].url, *urls[1:]])}
+                       if c["node_id"] in proxies else c for c in scenario.client_configs(url)]
+        view.event(observer.elapsed(), f"{scenario.broker.kind} broker(s) at {url}; work dir {workpath}")
         transport = await stack.enter_async_context(MqttTransport(
-            BrokerAddress.parse(url), f"koala-{fed.name}-runner",
+            parse_brokers(urls), f"koala-{fed.name}-runner",
             subscriptions=((topics.server_status, 1), (topics.all_client_status, 1))))
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         watcher = tasks.create_task(_watch(transport, observer))
-        run = Run(scenario, processes, observer, view, proxies, broker_port)
+        run = Run(scenario, processes, observer, view, proxies, broker_ports)
         processes.add(NodeProcess("server", "server", server_cfg, workpath))
         run.start("server")
         first = set(scenario.initially_started())
@@ -308,6 +314,7 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "scenario": scenario.source,
         "mode": scenario.federation.mode,
         "broker": scenario.broker.kind,
+        "brokers": scenario.broker.count,
         "completed": completed,
         "failure": failure or None,
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
@@ -331,7 +338,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
 
 
 # Per client in the report: what it trained (for the bench: parameters, FLOPs, peak memory) and sent.
-CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "knowledge_version", "bytes_up",
+CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "updates_accepted",
+                 "updates_superseded", "updates_pending", "updates_republished", "knowledge_version", "bytes_up",
                  "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state")
 
 

@@ -20,6 +20,7 @@ from koala_async.tools.timeline import (
     Event,
     absent_at_start,
     availability_events,
+    broker_names,
     load_trace,
     resolve_target,
 )
@@ -79,14 +80,25 @@ class ClientGroup:
 @dataclass(frozen=True)
 class BrokerSpec:
     kind: str = "embedded"  # embedded amqtt in its own process | mosquitto on a free port | external
-    url: str | None = None
+    url: str | None = None  # external: one URL, or several comma-separated (failover order)
     mosquitto: str = "mosquitto"  # the executable (PATH is searched, then /usr/sbin)
+    # Independent brokers of ``kind``, each its own process on its own port ("broker", "broker-2", ...);
+    # every node is given all their URLs, in that order, and fails over down the list.
+    count: int = 1
 
     def __post_init__(self) -> None:
         if self.kind not in BROKER_KINDS:
             raise ValueError(f"broker kind {self.kind!r} is not one of {list(BROKER_KINDS)}")
         if self.kind == "external" and not self.url:
             raise ValueError("an external broker needs url")
+        if not 1 <= self.count <= 8:
+            raise ValueError(f"count must be 1 to 8 brokers, not {self.count}")
+        if self.kind == "external" and self.count != 1:
+            raise ValueError("an external broker takes its URLs in url (comma-separated), not count")
+
+    @property
+    def names(self) -> list[str]:
+        return broker_names(self.count)
 
 
 @dataclass(frozen=True)
@@ -217,14 +229,14 @@ def _build_timeline(scenario: Scenario, text: str) -> tuple[tuple[Event, ...], t
     for i, spec in enumerate(scenario.events):
         key = f"events[{i}]"
         try:
-            targets = resolve_target(spec.target, ids, groups)
+            targets = resolve_target(spec.target, ids, groups, scenario.broker.count)
         except ValueError as exc:
             raise ConfigError(str(exc), source=source, key=f"{key}.target",
                               line=find_line(text, f"{key}.target")) from None
         if spec.at > scenario.federation.duration:
             raise ConfigError(f"at {spec.at} is after the scenario's duration {scenario.federation.duration}",
                               source=source, key=f"{key}.at", line=find_line(text, f"{key}.at"))
-        if spec.action == "disconnect" and ("server" in targets or "broker" in targets):
+        if spec.action == "disconnect" and any(t == "server" or t.startswith("broker") for t in targets):
             raise ConfigError("disconnect applies to clients only", source=source, key=f"{key}.target",
                               line=find_line(text, f"{key}.target"))
         events.extend(Event.expand(spec.at, spec.action, targets, spec.duration, origin=f"{key}"))
@@ -274,7 +286,7 @@ def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | No
         raise ConfigError("client ids collide; give each group its own prefix", source=source, key="clients")
     for i, a in enumerate(scenario.assertions):
         try:
-            resolve_target(a.target, ids, scenario.groups())
+            resolve_target(a.target, ids, scenario.groups(), scenario.broker.count)
         except ValueError as exc:
             raise ConfigError(str(exc), source=source, key=f"assertions[{i}].target",
                               line=find_line(text, f"assertions[{i}].target")) from None

@@ -34,7 +34,7 @@ class Event:
 
     at: float
     action: str  # start | stop | kill | pause | resume | cut | restore
-    target: str  # a client id, "server" or "broker"
+    target: str  # a client id, "server", "broker" (the first broker) or "broker-N" (the N-th)
     origin: str = ""  # where it came from: "events[3]" or "availability"
     order: int = 0  # ties at the same time keep file order
 
@@ -75,13 +75,23 @@ class Scheduler:
         return self._pending[0].at if self._pending else None
 
 
-def resolve_target(target: str, client_ids: list[str], groups: dict[str, list[str]]) -> list[str]:
-    """Node ids a target names: "server", "broker", "clients", a client id, a group prefix, or a share:
-    "third of clients", "quarter of workers", "1/3 of clients", "25% of clients", "2 of clients".
-    A share takes the first ``max(1, round(share * n))`` ids in order, so a file names the same nodes
-    every run."""
+def broker_names(count: int) -> list[str]:
+    """The process names of a run's ``count`` brokers: "broker", then "broker-2", "broker-3"..."""
+    return ["broker"] + [f"broker-{n}" for n in range(2, count + 1)]
+
+
+def resolve_target(target: str, client_ids: list[str], groups: dict[str, list[str]],
+                   brokers: int = 1) -> list[str]:
+    """Node ids a target names: "server", "broker" (the first broker), "broker-N" (the N-th of
+    ``brokers``), "clients", a client id, a group prefix, or a share: "third of clients", "quarter of
+    workers", "1/3 of clients", "25% of clients", "2 of clients". A share takes the first
+    ``max(1, round(share * n))`` ids in order, so a file names the same nodes every run."""
     text = target.strip()
     if text in ("server", "broker"):
+        return [text]
+    if re.fullmatch(r"broker-\d+", text):
+        if text not in broker_names(brokers):
+            raise ValueError(f"target {target!r}: the run has {brokers} broker(s): {broker_names(brokers)}")
         return [text]
     if text in ("clients", "all clients", "all"):
         return list(client_ids)
@@ -111,8 +121,8 @@ def resolve_target(target: str, client_ids: list[str], groups: dict[str, list[st
         if not 0 < k <= len(pool):
             raise ValueError(f"target {target!r} selects {k} of {len(pool)} clients")
         return list(pool[:k])
-    raise ValueError(f"target {target!r} is not 'server', 'broker', 'clients', a client id, a group "
-                     f"prefix {sorted(groups)} or a share like 'third of clients'")
+    raise ValueError(f"target {target!r} is not 'server', 'broker', 'broker-N', 'clients', a client id, a "
+                     f"group prefix {sorted(groups)} or a share like 'third of clients'")
 
 
 def load_trace(path: Path) -> dict[str, list[list[float]]]:

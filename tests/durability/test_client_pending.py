@@ -9,7 +9,7 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from koala_async.core.envelope import Knowledge, Update, decode, encode
+from koala_async.core.envelope import Ack, Knowledge, Update, decode, encode
 from koala_async.core.proxy_manifest import array_bytes, build_manifest, chunks
 from koala_async.core.topics import Topics
 from koala_async.io.transport import BrokerAddress
@@ -57,6 +57,10 @@ async def _run_client_with_pending(url: str, tmp_path, knowledge_version: int) -
                 async with asyncio.timeout(5):
                     async for msg in srv.messages:
                         received.append(bytes(msg.payload))
+                        # the verdict: only then may the client forget its pending update
+                        await srv.publish(TOPICS.ack("client-0"), encode(Ack(
+                            sender="server", seq=3, client="client-0", update_seq=decode(received[-1]).seq,
+                            accepted=True, reason="accepted", version=knowledge_version)), qos=1)
             except TimeoutError:
                 pass
             assert client._seq.value > 123  # the seq counter resumes above what was persisted

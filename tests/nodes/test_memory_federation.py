@@ -58,7 +58,10 @@ async def test_a_server_and_three_clients_learn_over_the_in_memory_transport() -
     print(f"\nin-memory federation: {elapsed:.2f} s, accuracy {before:.3f} -> {server.test_accuracy:.3f}")
 
 
-async def test_a_redelivered_update_is_refused_as_a_duplicate() -> None:
+async def test_a_redelivered_update_is_not_taken_twice_and_answered_as_accepted() -> None:
+    """A copy of an accepted update (a QoS 1 redelivery, or the client republishing it because its
+    verdict was late) is counted as a duplicate delivery, never fused again, and answered
+    ``accepted=True, reason="duplicate"`` so the client can stop republishing it."""
     broker = MemoryBroker()
     async with ServerNode(ServerConfig(distill_steps=1), transport=broker.factory) as server:
         seen: list[Incoming] = []
@@ -73,7 +76,7 @@ async def test_a_redelivered_update_is_refused_as_a_duplicate() -> None:
                 await probe.publish(TOPICS.update("c9"), encode(update))
             await wait_for(lambda: len(seen) == 2, 5, "two verdicts")
     verdicts = [decode(m.payload) for m in seen]
-    assert [(v.accepted, v.reason) for v in verdicts] == [(True, "accepted"), (False, "duplicate")]
+    assert [(v.accepted, v.reason) for v in verdicts] == [(True, "accepted"), (True, "duplicate")]
     assert server.metrics.accepted == 1 and server.rejects.counts["duplicate"] == 1
 
 

@@ -52,6 +52,12 @@ def test_koala_bench_quick_end_to_end(tmp_path: Path) -> None:
         assert step["connected"] == step["clients"]
         assert step["accepted"] > 0 and step["fuse_latency"]["count"] > 0
         assert 0 < step["fuse_latency"]["p50"] <= step["fuse_latency"]["p99"] <= step["fuse_latency"]["max"]
+        # one source, one instant: published = accepted + rejected + superseded + pending
+        assert step["balanced"] and step["published"] == (step["accepted"] + sum(step["rejected"].values())
+                                                          + step["superseded"] + step["pending"])
+        assert step["server_cpu_ms_per_arrival"] > 0 and step["load_average"] >= 0
+    # once the load stops and every verdict is back, the clients and the server count alike
+    assert scale["final"]["reconciled"] and scale["final"]["pending"] == 0, scale["final"]
 
     summary = result["summary"]
     assert set(summary) == set(SUMMARY_KEYS)

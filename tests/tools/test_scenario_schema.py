@@ -109,3 +109,22 @@ def test_cli_typo_exits_2_before_starting_anything(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "events[0].targett" in done.stderr and ":14" in done.stderr
     assert not workdir.exists()  # no broker, no node: nothing was started
+
+
+def test_several_brokers_each_a_target_and_every_node_given_every_url(tmp_path: Path) -> None:
+    path = write(tmp_path, '\n[broker]\nkind = "mosquitto"\ncount = 2\n'
+                           '\n[[events]]\nat = 5\naction = "crash"\ntarget = "broker-2"\n')
+    scenario = load_scenario(path)
+    assert scenario.broker.names == ["broker", "broker-2"]
+    assert [(e.action, e.target) for e in scenario.timeline] == [("kill", "broker-2")]
+    assert scenario.client_configs("mqtt://a:1,mqtt://b:2")[0]["broker"] == "mqtt://a:1,mqtt://b:2"
+    shipped = load_scenario(Path(__file__).parents[2] / "scenarios" / "broker-failover.toml")
+    assert shipped.broker.count == 2 and shipped.timeline[0].target == "broker"
+
+
+def test_a_broker_the_run_does_not_have_is_refused_naming_the_key(tmp_path: Path) -> None:
+    err = error_of(write(tmp_path, '\n[broker]\ncount = 2\n\n[[events]]\nat = 5\naction = "crash"\n'
+                                   'target = "broker-3"\n'))
+    assert err.key == "events[0].target" and "2 broker(s)" in str(err)
+    err = error_of(write(tmp_path, '\n[broker]\nkind = "external"\nurl = "mqtt://x:1"\ncount = 2\n'))
+    assert "comma-separated" in str(err)

@@ -8,7 +8,12 @@ subscriber's event loop: ``python -m koala_async.tools.bench.loadgen {burst|stea
 - ``steady``: ``clients`` lightweight clients, one connection each, read the retained proxy set and
   knowledge like a real client, then publish precomputed logits as valid Updates built on the latest
   knowledge version every ``interval`` seconds (uniform jitter of +-``jitter``) until ``duration``
-  ends; a stats file (connected, published, failures) is rewritten every second.
+  ends. Each keeps its updates in a :class:`~koala_async.core.delivery.DeliveryLedger` until the
+  server's verdict on its ack topic, as a real client's outbox does (republished after
+  ``ack_timeout``, superseded by the next update), so a stats file rewritten every second says, per
+  process at one instant: published = accepted + rejected by reason + superseded + pending. Once
+  ``stop_file`` exists the clients publish nothing new and leave as soon as every update they published
+  has its verdict (``drained`` in the stats), so a run can end with exact counts at both ends.
 
 The logits are random, not trained: these processes load the server's ingest and fusion path, not its
 learning quality.
@@ -21,6 +26,7 @@ import json
 import random
 import sys
 import time
+from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -28,7 +34,8 @@ from typing import Any
 import aiomqtt
 import numpy as np
 
-from koala_async.core.envelope import Knowledge, Limits, ProxyManifest, Update, decode, encode
+from koala_async.core.delivery import DeliveryLedger
+from koala_async.core.envelope import Ack, Knowledge, Limits, ProxyManifest, Update, decode, encode
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
 from koala_async.io.transport import BrokerAddress
@@ -40,10 +47,10 @@ def fake_logits(rng: np.random.Generator, n_proxy: int, num_classes: int) -> np.
 
 
 def update_payload(sender: str, seq: int, base_version: int, proxy_id: str, logits: np.ndarray,
-                   n_samples: int = 100, tier: str = "image-small") -> bytes:
+                   n_samples: int = 100, tier: str = "image-small", supersedes: tuple[int, ...] = ()) -> bytes:
     """One valid, encoded Update message on the whole proxy set."""
     return encode(Update(sender=sender, seq=seq, base_version=base_version, tier=tier, n_samples=n_samples,
-                         proxy_id=proxy_id, logits=logits, sent_at=time.time()))
+                         proxy_id=proxy_id, logits=logits, sent_at=time.time(), supersedes=supersedes))
 
 
 def _client(spec: dict[str, Any], client_id: str) -> aiomqtt.Client:
@@ -94,18 +101,31 @@ async def burst(spec: dict[str, Any]) -> dict[str, Any]:
 # -- steady ------------------------------------------------------------------------------------------
 
 class SteadyStats:
-    """What a steady load process reports: how many clients are connected and what they sent."""
+    """What a steady load process reports: how many clients are connected, and their ledgers' counts."""
 
     def __init__(self) -> None:
         self.connected = 0
-        self.published = 0
         self.failures = 0
         self.bad_messages = 0
         self.last_error = ""
+        self.ledgers: list[DeliveryLedger] = []
+        self.draining = False  # the stop file appeared: verdicts only, nothing new
+        self.drained = 0  # clients that left with a verdict on everything they published
 
     def as_dict(self) -> dict[str, Any]:
-        return {"connected": self.connected, "published": self.published, "failures": self.failures,
-                "bad_messages": self.bad_messages, "last_error": self.last_error, "at": time.time()}
+        rejected: Counter[str] = Counter()
+        for ledger in self.ledgers:
+            rejected.update(ledger.rejected)
+        total = {key: sum(getattr(ledger, key) for ledger in self.ledgers)
+                 for key in ("sent", "accepted", "superseded", "republished")}
+        return {"connected": self.connected, "published": total["sent"], "accepted": total["accepted"],
+                "rejected": dict(rejected), "superseded": total["superseded"],
+                "republished": total["republished"],
+                "pending": sum(ledger.pending is not None for ledger in self.ledgers),
+                "unconfirmed": sum(ledger.unconfirmed for ledger in self.ledgers),
+                "draining": self.draining, "drained": self.drained,
+                "failures": self.failures, "bad_messages": self.bad_messages, "last_error": self.last_error,
+                "at": time.time()}
 
 
 async def _steady_client(spec: dict[str, Any], sender: str, stats: SteadyStats, deadline: float,
@@ -113,22 +133,37 @@ async def _steady_client(spec: dict[str, Any], sender: str, stats: SteadyStats, 
     topics = Topics(spec["federation"])
     limits = Limits()
     interval, jitter = float(spec["interval"]), float(spec.get("jitter", 0.5))
+    ledger = DeliveryLedger(float(spec.get("ack_timeout", 30.0)))
+    stats.ledgers.append(ledger)
     logits: np.ndarray | None = None
     proxy_id, version, seq = "", 0, 0
     connected = False
+    ack_topic = topics.ack(sender)
     try:
         async with _client(spec, f"bench-{sender}") as client:
-            await client.subscribe(topics.proxy, qos=1)
-            await client.subscribe(topics.knowledge, qos=1)
+            for topic in (topics.proxy, topics.knowledge, ack_topic):
+                await client.subscribe(topic, qos=1)
             next_at = time.monotonic() + rng.uniform(0, interval)  # spread the first updates out
             while time.monotonic() < deadline:
-                if proxy_id and time.monotonic() >= next_at:
+                now = time.monotonic()
+                if stats.draining:
+                    if ledger.pending is None and ledger.unconfirmed == 0:
+                        stats.drained += 1
+                        break
+                    next_at = deadline
+                if proxy_id and now >= next_at:
+                    carried = ledger.supersede()
                     seq += 1
-                    await client.publish(topics.update(sender), update_payload(
-                        sender, seq, version, proxy_id, logits), qos=1)  # type: ignore[arg-type]
-                    stats.published += 1
+                    payload = update_payload(sender, seq, version, proxy_id, logits,  # type: ignore[arg-type]
+                                             supersedes=carried)
+                    ledger.published(seq, payload, now)
+                    await client.publish(topics.update(sender), payload, qos=1)
                     next_at = time.monotonic() + interval * rng.uniform(1 - jitter, 1 + jitter)
-                wait = max(0.01, min(next_at, deadline) - time.monotonic()) if proxy_id else 1.0
+                overdue = ledger.due(time.monotonic())
+                if overdue is not None:
+                    await client.publish(topics.update(sender), overdue.payload, qos=1)
+                wake = min(next_at, deadline, ledger.next_deadline() or deadline)
+                wait = max(0.01, wake - time.monotonic()) if proxy_id and not stats.draining else 1.0
                 try:
                     async with asyncio.timeout(wait):
                         message = await anext(aiter(client.messages))
@@ -139,7 +174,9 @@ async def _steady_client(spec: dict[str, Any], sender: str, stats: SteadyStats, 
                 except MessageError:
                     stats.bad_messages += 1
                     continue
-                if isinstance(decoded, ProxyManifest) and decoded.proxy_id != proxy_id:
+                if isinstance(decoded, Ack):
+                    ledger.verdict(decoded.update_seq, decoded.accepted, decoded.reason)
+                elif isinstance(decoded, ProxyManifest) and decoded.proxy_id != proxy_id:
                     proxy_id = decoded.proxy_id  # the manifest says all a fake client needs: no chunk fetched
                     # Precomputed once per proxy set: this client's "model output".
                     logits = fake_logits(np.random.default_rng(rng.randrange(2**32)), decoded.shape[0],
@@ -163,8 +200,12 @@ async def steady(spec: dict[str, Any]) -> None:
     deadline = time.monotonic() + float(spec["duration"])
     rng = random.Random(spec.get("seed", 0))
 
+    stop_file = Path(spec["stop_file"]) if spec.get("stop_file") else None
+
     async def report() -> None:
         while True:
+            if stop_file is not None and stop_file.exists():
+                stats.draining = True
             _write_json(spec["stats_file"], stats.as_dict())
             await asyncio.sleep(1.0)
 

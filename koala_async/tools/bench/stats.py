@@ -148,7 +148,8 @@ def step_held(step: Mapping[str, Any], limit: float = LATENCY_LIMIT_SECONDS) -> 
     """Whether a scale step's clients all connected, its server accepted updates, and its p99
     arrival-to-fused latency stayed under ``limit`` seconds."""
     p99 = _number((step.get("fuse_latency") or {}).get("p99"))
-    return (step.get("connected") == step.get("clients") and (step.get("accepted") or 0) > 0
+    accepted = step.get("accepted_in_hold", step.get("accepted"))  # older reports: the hold's count
+    return (step.get("connected") == step.get("clients") and (accepted or 0) > 0
             and p99 is not None and p99 < limit)
 
 

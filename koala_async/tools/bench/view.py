@@ -48,14 +48,41 @@ def modes_table(result: dict[str, Any]) -> Table:
 
 
 def scale_table(result: dict[str, Any]) -> Table:
-    table = Table(title="scale run: arrival-to-fused latency per step", box=box.SIMPLE_HEAD)
-    for col in ("clients", "connected", "published", "accepted", "versions", "p50 s", "p99 s", "max s"):
+    """One row per step. Left: the run so far at the end of the step, from the clients' own ledgers
+    (published = accepted + rejected + superseded + pending) and the server's accepted count. Right: the
+    hold alone: arrivals, versions, arrival-to-fused latency, server CPU per arrival (event loop +
+    learner threads), and how busy the whole (shared) machine was."""
+    table = Table(title="scale run: counts (run so far) | the hold: latency, server CPU per arrival, machine",
+                  box=box.SIMPLE_HEAD)
+    for col in ("clients", "conn", "published", "accepted", "rejected", "supersed.", "pending", "server acc.",
+                "arrivals/s", "versions", "p50 s", "p99 s", "CPU ms/arr (loop+learn)", "busy", "load"):
         table.add_column(col, justify="right")
+
+    def num(v: Any, fmt: str = "{}") -> str:
+        return "n/a" if v is None else fmt.format(v)
+
     for step in (result.get("scale") or {}).get("steps", []):
         lat = step.get("fuse_latency") or {}
-        table.add_row(*(str(step.get(k)) for k in ("clients", "connected", "published", "accepted", "versions")),
-                      *(f"{lat[k]:.3f}" if isinstance(lat.get(k), (int, float)) else "n/a"
-                        for k in ("p50", "p99", "max")))
+        rejected = step.get("rejected")
+        rejected_cell = (" ".join(f"{k}:{v}" for k, v in sorted(rejected.items())) or "0"
+                         if isinstance(rejected, dict) else num(rejected))
+        cpu = (f"{step['server_cpu_ms_per_arrival']:.1f} ({step['server_loop_cpu_ms_per_arrival']:.1f}+"
+               f"{step['server_learner_cpu_ms_per_arrival']:.1f})"
+               if step.get("server_cpu_ms_per_arrival") is not None else "n/a")
+        table.add_row(*(num(step.get(k)) for k in ("clients", "connected", "published", "accepted")),
+                      rejected_cell, *(num(step.get(k)) for k in ("superseded", "pending", "server_accepted",
+                                                                  "arrivals_per_second", "versions")),
+                      *(f"{lat[k]:.3f}" if isinstance(lat.get(k), (int, float)) else "n/a" for k in ("p50", "p99")),
+                      cpu, num(step.get("machine_busy_share"), "{:.0%}"), num(step.get("load_average")))
+    final = (result.get("scale") or {}).get("final") or {}
+    if final:
+        table.caption = (
+            f"after the load stopped and every verdict came back ({final.get('drain_seconds')} s): clients "
+            f"published {final.get('published')} = accepted {final.get('accepted')} + rejected "
+            f"{final.get('rejected')} + superseded {final.get('superseded')} + pending {final.get('pending')}; "
+            f"server accepted {final.get('server_accepted')}, superseded {final.get('server_superseded')}, "
+            f"rejected {final.get('server_rejected')}: "
+            + ("reconciled" if final.get("reconciled") else "[red]NOT reconciled[/]"))
     return table
 
 
