@@ -8,8 +8,10 @@ a state directory cannot run code (``torch.load(weights_only=False)`` could). Th
 atomically (:func:`~koala_async.io.durable.atomic_write`).
 
 :class:`ServerStore` is what the server node holds: ``append`` journals an accepted update before it
-is counted; ``capture`` (on the event loop, so no arrival slips in half-way) starts a new journal
-segment and snapshots the counters; ``write`` (in a thread) adds the learner's state, replaces the
+is counted (written at once; fsync'd by ``sync``, once for a burst of appends, before any verdict or
+version can depend on them); ``capture`` (on the event loop, so no arrival slips in half-way) starts a
+new journal segment and snapshots the counters, copying nothing per client (the dedupe window is
+frozen, copy on write); ``write`` (in a thread) adds the learner's state, replaces the
 checkpoint and drops the journal segments it covers; ``load`` restores the checkpoint and replays the
 journal after it on start.
 """
@@ -20,7 +22,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -180,10 +182,19 @@ class ServerStore:
         state.rejects.counts.update(saved["rejected"])
         state.seen = SeqWindow.from_state(saved["seen"])
 
-    def append(self, envelope: bytes) -> None:
-        """Journal an accepted update (fsync'd) before it is counted."""
+    def append(self, envelope: bytes) -> bool:
+        """Journal an accepted update before it is counted: written at once, durable once :meth:`sync`
+        runs. True for the first record since the last sync: the caller owes one ``sync`` call, before
+        anything (a verdict sent, a version published) depends on the record (group commit)."""
         assert self.journal is not None
-        self.journal.append(envelope)
+        first = self.journal.unsynced == 0
+        self.journal.append(envelope, sync=False)
+        return first
+
+    def sync(self) -> None:
+        """fsync the records appended since the last sync (one fsync for a burst of arrivals)."""
+        if self.journal is not None:
+            self.journal.sync()
 
     def capture(self, state: Any, version: int, extra: dict[str, Any]) -> dict[str, Any]:
         """The protocol state as of now, for a checkpoint of ``version`` (on the event loop)."""
@@ -191,8 +202,8 @@ class ServerStore:
         journal_from = self.journal.rotate()
         state.dirty = False
         return {"format": FORMAT, "version": version, "journal_from": journal_from,
-                "metrics": asdict(state.metrics), "rejected": dict(state.rejects.counts),
-                "seen": state.seen.to_state(),
+                "metrics": _copy_fields(state.metrics), "rejected": dict(state.rejects.counts),
+                "seen": state.seen.frozen(),  # made plain data by write(), in its thread
                 "pending": [a.envelope for a in state.pending], **extra}
 
     def write(self, captured: dict[str, Any], learner: Any) -> None:
@@ -201,7 +212,9 @@ class ServerStore:
         with self._write_lock:
             if captured["journal_from"] < self._written_from:
                 return  # a later capture is already on disk; this one would roll it back
-            save_state(self.path, {**captured, "learner": learner.state()})
+            seen = captured["seen"]
+            save_state(self.path, {**captured, "seen": seen.to_state() if hasattr(seen, "to_state") else seen,
+                                   "learner": learner.state()})
             self._written_from = captured["journal_from"]
             self.journal.drop_before(captured["journal_from"])
         log.debug("checkpoint at version %d (%d accepted)", captured["version"], captured["metrics"]["accepted"])
@@ -209,3 +222,13 @@ class ServerStore:
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
+
+
+def _copy_fields(metrics: Any) -> dict[str, Any]:
+    """A dataclass's fields, each container copied one level deep (its items are immutable): what
+    ``dataclasses.asdict`` gives, at a fraction of the cost for a map of ten thousand clients."""
+    out = {}
+    for f in fields(metrics):
+        value = getattr(metrics, f.name)
+        out[f.name] = value.copy() if isinstance(value, dict | list) else value
+    return out

@@ -11,6 +11,13 @@ Per batch of accepted updates (:meth:`DistillLearner.advance`, in a worker threa
    evaluated on the held-out test split.
 
 Published, retained: the proxy set (on every connect) and the knowledge (on every version).
+
+Bounded whatever the number of client ids: the fusion keeps the contributions of at most
+``max_contributions`` clients (the least recently heard from are dropped first), so a version's
+fusion time and a checkpoint's size do not grow with a flood of made-up ids; and what the learner
+adds to the server's status is computed here, in the learner's thread, once per version, and
+lists at most ``MAX_LISTED_TIERS`` tiers (tier names come from the network), so a heartbeat on the
+event loop only copies it.
 """
 
 from __future__ import annotations
@@ -33,6 +40,16 @@ if TYPE_CHECKING:
     from koala_async.core.server_state import Arrival
     from koala_async.nodes.config import ServerConfig
 
+MAX_LISTED_TIERS = 32  # tier_trust entries in the status: the most observed tiers
+
+
+def trust_summary(trust: TierTrust, limit: int = MAX_LISTED_TIERS) -> dict[str, float]:
+    """The trust of the ``limit`` most observed tiers (with :class:`TierTrust`'s own rule)."""
+    tiers = list(trust.agreement_ema)
+    if len(tiers) > limit:
+        tiers = sorted(tiers, key=lambda t: trust.observations.get(t, 0), reverse=True)[:limit]
+    return {t: round(trust.trust(t), 4) for t in sorted(tiers)}
+
 
 class DistillLearner:
     def __init__(self, config: ServerConfig, topics: Topics, next_seq: Any) -> None:
@@ -44,7 +61,10 @@ class DistillLearner:
         self.knowledge_logits: np.ndarray | None = None
         self.trust = TierTrust(config.trust)
         self.steps_skipped = 0
-        # The distill thread and checkpoint captures take turns on the model.
+        self.max_contributions = config.max_contributions
+        self.contributions_dropped = 0  # contributions forgotten past max_contributions
+        self._summary: dict[str, Any] = {}  # the status part, refreshed by the thread that learns
+        # The distill thread and checkpoint captures take turns on the model and the fusion.
         self.lock = threading.Lock()
         self._ctx: AdmissionContext | None = None
 
@@ -66,6 +86,7 @@ class DistillLearner:
                                    augment=cfg.augment)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
         self.test_accuracy = self.evaluate()
+        self._summarise()
 
     def evaluate(self) -> float:
         from koala_async.learning.distill import accuracy
@@ -89,22 +110,45 @@ class DistillLearner:
     def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
         from koala_async.learning.distill import predict_logits
 
-        for arrival in batch:
-            update: Update = arrival.message
-            trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self.knowledge_logits)
-            weight = self.fusion.arrival_weight(version - update.base_version, update.n_samples, trust)
-            self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
-                            weight, update.label_counts)
-        targets, mask = self.fusion.targets(version)
+        # The whole batch joins the fusion under the lock, even when stopping: its arrivals have left
+        # the server's pending list, so the checkpoint written on the way out (which waits for the lock)
+        # must find every one of them in the fusion.
         with self.lock:
+            for arrival in batch:
+                update: Update = arrival.message
+                trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self.knowledge_logits)
+                weight = self.fusion.arrival_weight(version - update.base_version, update.n_samples, trust)
+                self._fuse(update, weight)
+            if stop.is_set():  # shutting down: the fused contributions are kept, the rest can wait
+                return
+            targets, mask = self.fusion.targets(version)
             before = self.distiller.steps_done
             self.distiller.distill(self.proxy_x, targets, mask, steps, self.config.max_distill_seconds, stop)
-            if stop.is_set():  # shutting down: the fused targets are kept, the rest can wait
+            if stop.is_set():
                 return
             if mask.any():
                 self.steps_skipped += steps - (self.distiller.steps_done - before)
             self.knowledge_logits = predict_logits(self.distiller.model, self.proxy_x).astype(np.float16)
             self.test_accuracy = self.evaluate()
+            self._summarise()
+
+    def _fuse(self, update: Update, weight: float) -> None:
+        """Make ``update`` its sender's contribution, the most recent one; forget the least recent
+        contributions past ``max_contributions``."""
+        contributions = self.fusion.contributions
+        contributions.pop(update.sender, None)  # re-added last: the dict stays ordered by arrival
+        self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
+                        weight, update.label_counts)
+        while len(contributions) > self.max_contributions:
+            del contributions[next(iter(contributions))]
+            self.contributions_dropped += 1
+
+    def _summarise(self) -> None:
+        self._summary = {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
+                         "tier_trust": trust_summary(self.trust), "tiers_seen": len(self.trust.agreement_ema),
+                         "distill_steps_skipped": self.steps_skipped,
+                         "contributions": len(self.fusion.contributions),
+                         "contributions_dropped": self.contributions_dropped}
 
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
         cfg = self.config
@@ -119,8 +163,8 @@ class DistillLearner:
         return [(self.topics.proxy, proxy), (self.topics.knowledge, knowledge)]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
-                "tier_trust": self.trust.as_dict(), "distill_steps_skipped": self.steps_skipped}
+        """The learner's part of the server status, as of its last version (cheap: no per-tier work)."""
+        return dict(self._summary)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -147,12 +191,13 @@ class DistillLearner:
         logits = state["knowledge_logits"]
         self.knowledge_logits = None if logits is None else np.asarray(logits, dtype=np.float16)
         self.test_accuracy = float(state["test_accuracy"])
-        for item in state["fusion"]:
+        for item in state["fusion"][-self.max_contributions:]:  # saved oldest first
             contribution = Contribution(**{**item, "probs": np.asarray(item["probs"], dtype=np.float32),
                                            "ids": np.asarray(item["ids"], dtype=np.int64)})
             self.fusion.contributions[contribution.sender] = contribution
         self.trust.agreement_ema.update(state["trust"]["agreement_ema"])
         self.trust.observations.update(state["trust"]["observations"])
+        self._summarise()
 
 
 def contribution_state(c: Contribution) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from koala_async.core.envelope import Ack, encode
 from koala_async.core.topics import Topics
@@ -22,8 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class AckSender:
-    def __init__(self, topics: Topics, node_id: str, seq: SeqCounter, maxsize: int = 10_000) -> None:
+    def __init__(self, topics: Topics, node_id: str, seq: SeqCounter, maxsize: int = 10_000,
+                 flush: Callable[[], None] | None = None) -> None:
         self.topics = topics
+        self.flush = flush  # makes the journal durable: a verdict never goes out before its record is
         self.node_id = node_id
         self._seq = seq
         self._queue: asyncio.Queue[Ack] = asyncio.Queue(maxsize)
@@ -46,5 +49,7 @@ class AckSender:
         """Publish queued verdicts for as long as the server runs (a task of its TaskGroup)."""
         while True:
             ack = await self._queue.get()
+            if self.flush is not None:
+                self.flush()  # a no-op unless arrivals were journaled since the last fsync
             await transport.publish(self.topics.ack(ack.client), encode(ack), qos=1)
             self.sent += 1

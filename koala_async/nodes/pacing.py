@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FLUSH_AFTER = 2.0  # seconds a partial buffer waits before it is fused anyway
+# The most arrivals one version fuses; the rest wait for the next. Bounds a version's fusion work (and
+# so the wait for a stop) whatever the backlog: each arrival costs a few hundred microseconds.
+MAX_BATCH = 512
 TICK = 0.25  # how often a round re-checks the clock when nothing arrives (its timeout's resolution)
 
 
@@ -86,7 +89,9 @@ class Continuous:
                 arrived.clear()
                 await _wait(arrived, deadline - time.monotonic())
         arrived.clear()
-        arrivals = state.take()
+        arrivals = state.take(MAX_BATCH)
+        if state.pending:
+            arrived.set()  # more than one batch waits: the next version starts at once
         # Arrivals that queued up while the last distillation ran still each buy training.
         return Batch(arrivals, self.distill_steps * min(len(arrivals), max(4, self.buffer_size)))
 

@@ -63,7 +63,8 @@ class ServerNode:
         self.store = (ServerStore(config.state_dir) if config.state_dir and not config.mode.exchanges_weights
                       else None)
         self.keys: dict[str, bytes] | None = None
-        self.acks = AckSender(self.topics, config.node_id, self._seq)
+        self.acks = AckSender(self.topics, config.node_id, self._seq,
+                              flush=self.store.sync if self.store is not None else None)
         self._events = EventHub(config.node_id)
         connect = transport or node_transport(config)
         self._signer: ServerSigner | None = None  # with server_key_file: seals what clients must trust
@@ -76,6 +77,7 @@ class ServerNode:
         self._payloads: dict[str, bytes] = {}  # topic -> the retained payload describing this version
         self._arrived = asyncio.Event()
         self._stop = threading.Event()  # set on the way out: a running distillation ends at its next step
+        self._learning: asyncio.Future[None] | None = None  # the learner's current batch, in its thread
         self._started = time.monotonic()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -162,9 +164,9 @@ class ServerNode:
                 await stop_tasks(self._tasks, what="server tasks")
             finally:
                 await self._stack.aclose()
+            if self._learning is not None:
+                await asyncio.wait([self._learning])  # the batch in the learner's hands is fused
             if self.store is not None:
-                # A distillation cancelled mid-way may still run in its thread: the learner's lock makes
-                # the final checkpoint wait for it.
                 await self._checkpoint(self.state.version)
                 self.store.close()
             if self.config.report_path:
@@ -191,8 +193,10 @@ class ServerNode:
         if verdict is None:
             return
         if verdict.accepted:
-            if self.store is not None:
-                self.store.append(envelope)  # durable first, counted second
+            if self.store is not None and self.store.append(envelope):
+                # Group commit: one fsync for this burst of arrivals, queued before anything they wake
+                # (the ack sender, the learn loop) can run, so no verdict or version precedes it.
+                asyncio.get_running_loop().call_soon(self.store.sync)
             self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(),
                               now_ms)
             self._arrived.set()
@@ -236,8 +240,11 @@ class ServerNode:
     async def _advance(self, batch: Batch) -> None:
         """Learn from ``batch``, then make the next version durable and publish it."""
         started = time.perf_counter()
-        await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps,
-                                self._stop)
+        self._learning = asyncio.get_running_loop().run_in_executor(
+            None, self.learner.advance, batch.arrivals, self.state.version, batch.steps, self._stop)
+        # Shielded: the batch has left the pending list, so on the way out the thread must still fuse it
+        # (``_stop`` cuts its distillation short) before the final checkpoint, which waits for it.
+        await asyncio.shield(self._learning)
         self.state.metrics.distill_seconds += time.perf_counter() - started
         version = self.state.version + 1
         if self.store is not None:

@@ -29,17 +29,27 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
-async def _until_signalled(*extra: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
-    """Wait for SIGINT/SIGTERM (installed by the CLI, never by the library) or any ``extra``."""
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+async def _until_signalled(*extra: asyncio.Future[Any] | asyncio.Task[Any],
+                           stop: asyncio.Future[None] | None = None) -> None:
+    """Wait for SIGINT/SIGTERM (installed by the CLI, never by the library) or any ``extra``; ``stop``
+    is a future from :func:`_on_signal` when the handlers were installed earlier."""
+    stop = stop or _on_signal()
     try:
         await asyncio.wait([stop, *extra], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _on_signal() -> asyncio.Future[None]:
+    """A future that SIGINT/SIGTERM completes, from now on: a node that is still starting (loading
+    data, replaying its journal) when the signal comes then stops cleanly once started."""
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    return stop
 
 
 def _load_node_table(path: str | None, role: str) -> tuple[dict[str, Any], str, str | None]:
@@ -141,9 +151,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     config = load_into(ServerConfig, table, source=source, text=text, prefix="server" if source else "")
 
     async def main() -> None:
+        stop = _on_signal()
         async with ServerNode(config) as server:
             log.info("server %s up on %s (large model %s)", config.node_id, config.broker, server.learner.model_name)
-            await _until_signalled()
+            await _until_signalled(stop=stop)
+        log.info("server %s stopped", config.node_id)
 
     run_async(main())
     return 0
