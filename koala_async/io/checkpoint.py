@@ -178,9 +178,10 @@ class ServerStore:
         state.version = int(saved["version"])
         metrics = dict(saved["metrics"])
         metrics["timeline"] = [tuple(t) for t in metrics["timeline"]]
+        metrics["accepted_by_client"] = _unblob(metrics["accepted_by_client"])
         state.metrics = ServerMetrics(**metrics)
         state.rejects.counts.update(saved["rejected"])
-        state.seen = SeqWindow.from_state(saved["seen"])
+        state.seen = SeqWindow.from_state(_unblob(saved["seen"]))
 
     def append(self, envelope: bytes) -> bool:
         """Journal an accepted update before it is counted: written at once, durable once :meth:`sync`
@@ -212,8 +213,12 @@ class ServerStore:
         with self._write_lock:
             if captured["journal_from"] < self._written_from:
                 return  # a later capture is already on disk; this one would roll it back
+            # Per-client maps (ten thousand entries after a flood of ids) travel as one JSON blob each:
+            # walked entry by entry into the skeleton, they cost a GIL-holding half second a version.
             seen = captured["seen"]
-            save_state(self.path, {**captured, "seen": seen.to_state() if hasattr(seen, "to_state") else seen,
+            metrics = {**captured["metrics"], "accepted_by_client": _blob(captured["metrics"]["accepted_by_client"])}
+            save_state(self.path, {**captured, "metrics": metrics,
+                                   "seen": _blob(seen.to_state() if hasattr(seen, "to_state") else seen),
                                    "learner": learner.state()})
             self._written_from = captured["journal_from"]
             self.journal.drop_before(captured["journal_from"])
@@ -222,6 +227,15 @@ class ServerStore:
     def close(self) -> None:
         if self.journal is not None:
             self.journal.close()
+
+
+def _blob(plain: Any) -> bytes:
+    return json.dumps(plain, separators=(",", ":")).encode()
+
+
+def _unblob(value: Any) -> Any:
+    """What :func:`_blob` made, or the plain value itself (checkpoints written before blobs)."""
+    return json.loads(value) if isinstance(value, bytes) else value
 
 
 def _copy_fields(metrics: Any) -> dict[str, Any]:

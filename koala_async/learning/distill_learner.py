@@ -31,9 +31,10 @@ import numpy as np
 from koala_async.core.admission import AdmissionContext, Decision, admit
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Knowledge, Message, ProxySet, Update
-from koala_async.core.fusion import Contribution, Fusion
+from koala_async.core.fusion import Fusion
 from koala_async.core.topics import Topics
 from koala_async.core.trust import TierTrust
+from koala_async.learning.fusion_state import pack_contributions, unpack_contributions
 from koala_async.learning.learner import ServerData, load_server_data
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ class DistillLearner:
     def _summarise(self) -> None:
         self._summary = {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
                          "tier_trust": trust_summary(self.trust), "tiers_seen": len(self.trust.agreement_ema),
-                         "distill_steps_skipped": self.steps_skipped,
+                         "distill_steps_skipped": self.steps_skipped, "distill_steps_done": self.distiller.steps_done,
                          "contributions": len(self.fusion.contributions),
                          "contributions_dropped": self.contributions_dropped}
 
@@ -178,7 +179,7 @@ class DistillLearner:
                 "optimizer": self.distiller.optimizer.state_dict(),
                 "steps_done": self.distiller.steps_done, "steps_skipped": self.steps_skipped,
                 "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
-                "fusion": [contribution_state(c) for c in self.fusion.contributions.values()],
+                "fusion": pack_contributions(list(self.fusion.contributions.values()), self.spec.num_classes),
                 "trust": {"agreement_ema": dict(self.trust.agreement_ema),
                           "observations": dict(self.trust.observations)},
             }
@@ -191,16 +192,9 @@ class DistillLearner:
         logits = state["knowledge_logits"]
         self.knowledge_logits = None if logits is None else np.asarray(logits, dtype=np.float16)
         self.test_accuracy = float(state["test_accuracy"])
-        for item in state["fusion"][-self.max_contributions:]:  # saved oldest first
-            contribution = Contribution(**{**item, "probs": np.asarray(item["probs"], dtype=np.float32),
-                                           "ids": np.asarray(item["ids"], dtype=np.int64)})
+        for contribution in unpack_contributions(state["fusion"])[-self.max_contributions:]:  # oldest first
             self.fusion.contributions[contribution.sender] = contribution
         self.trust.agreement_ema.update(state["trust"]["agreement_ema"])
         self.trust.observations.update(state["trust"]["observations"])
         self._summarise()
 
-
-def contribution_state(c: Contribution) -> dict[str, Any]:
-    return {"sender": c.sender, "tier": c.tier, "base_version": c.base_version,
-            "arrival_weight": c.arrival_weight, "probs": c.probs, "ids": c.ids,
-            "class_weights": c.class_weights}

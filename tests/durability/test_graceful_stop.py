@@ -104,10 +104,11 @@ async def _stop(server: NodeProcess) -> tuple[int | None, float]:
 def _assert_nothing_lost(state: Path) -> set[str]:
     """The checkpoint holds every sender's update, as pending or in the fusion; returns the fused senders."""
     from koala_async.io.checkpoint import CHECKPOINT, load_state
+    from koala_async.learning.fusion_state import unpack_contributions
 
     saved = load_state(state / CHECKPOINT)
     assert saved["metrics"]["accepted"] == SENDERS
-    fused = {c["sender"] for c in saved["learner"]["fusion"]}
+    fused = {c.sender for c in unpack_contributions(saved["learner"]["fusion"])}
     missing = {f"s{i:04d}" for i in range(SENDERS)} - fused - _senders(saved["pending"])
     assert not missing, f"{len(missing)} accepted updates are neither pending nor fused"
     return fused

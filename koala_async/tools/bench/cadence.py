@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from koala_async.tools.bench.fleet import Fleet, FleetSettings
+from koala_async.tools.bench.fleet import Fleet, FleetSettings, until
 from koala_async.tools.processes import NodeProcess
 
 
@@ -31,6 +31,15 @@ def intervals(times: list[float], start: float, end: float) -> dict[str, float |
         return {"events": len(inside), "median": float("nan"), "p90": float("nan"), "max": float("nan")}
     return {"events": len(inside), "median": round(statistics.median(gaps), 3),
             "p90": round(gaps[min(len(gaps) - 1, int(0.9 * len(gaps)))], 3), "max": round(gaps[-1], 3)}
+
+
+def step_time(progress: list[tuple[float, int, int]], start: float, end: float) -> float:
+    """Wall seconds per distillation step within [start, end]: how fast the server learns, whatever
+    the number of steps each version buys (the pacing gives a version of many arrivals more steps)."""
+    inside = [(t, steps) for t, _, steps in progress if start <= t <= end]
+    if len(inside) < 2 or inside[-1][1] == inside[0][1]:
+        return float("nan")
+    return round((inside[-1][0] - inside[0][0]) / (inside[-1][1] - inside[0][1]), 4)
 
 
 async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, rate: float = 500.0,
@@ -55,7 +64,11 @@ async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, 
         t1 = time.monotonic()
         await asyncio.to_thread(flooder.proc.wait)  # type: ignore[union-attr]
         t2 = time.monotonic()
-        await asyncio.sleep(window)  # the server now knows every flooding id: what does that cost?
+        # The server now knows every flooding id: what does that cost, once the backlog is fused?
+        await until(lambda: obs.server_status.get("pending", 0) < 10 and obs.progress[-1][0] > time.monotonic() - 2,
+                    20 * window, "the flood's backlog to be fused", fleet)
+        t_drained = time.monotonic()
+        await asyncio.sleep(window)
         t3 = time.monotonic()
         status = dict(obs.server_status)
         alive = fleet.alive()
@@ -67,25 +80,31 @@ async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, 
         "ids": ids, "window_s": window, "status_interval": settings.status_interval,
         "rate": rate, "flood_seconds": round(t2 - t1, 1),
         "versions_before": intervals(version_times, t0, t1), "versions_during": intervals(version_times, t1, t2),
-        "versions_after": intervals(version_times, t2, t3),
+        "drain_seconds": round(t_drained - t2, 1),
+        "versions_after": intervals(version_times, t_drained, t3),
         "status_gaps_before": intervals(status_times, t0, t1), "status_gaps_during": intervals(status_times, t1, t2),
-        "status_gaps_after": intervals(status_times, t2, t3),
+        "status_gaps_after": intervals(status_times, t_drained, t3),
+        "step_seconds": {"before": step_time(obs.progress, t0, t1), "during": step_time(obs.progress, t1, t2),
+                         "after": step_time(obs.progress, t_drained, t3)},
         "status_bytes_max": max((size for _, size in obs.status_times), default=0),
         "status_undecodable": obs.status_undecodable, "flood": flood, "alive_at_end": alive,
         "server": {k: status.get(k) for k in ("version", "accepted", "clients_accepted", "clients_online_count",
-                                               "pending", "rejected", "handler_errors")},
+                                               "pending", "rejected", "handler_errors", "contributions", "contributions_dropped",
+                                               "handler_errors_by_class")},
     }
 
 
 def main(argv: list[str]) -> int:
-    """``python -m koala_async.tools.bench.cadence WORKDIR [IDS] [WINDOW] [RATE]``: print the result as JSON."""
+    """``python -m koala_async.tools.bench.cadence WORKDIR [IDS] [WINDOW] [RATE] [SERVER_JSON]``: print the
+    result as JSON (``SERVER_JSON``: extra server config, e.g. ``{"max_contributions": 256}``)."""
     from koala_async.tools.cli import run_async
 
     workdir = Path(argv[0])
     ids = int(argv[1]) if len(argv) > 1 else 10_000
     window = float(argv[2]) if len(argv) > 2 else 30.0
     rate = float(argv[3]) if len(argv) > 3 else 500.0
-    print(json.dumps(run_async(flood_cadence(workdir, ids, window, rate)), indent=2))
+    settings = FleetSettings(server_extra=json.loads(argv[4]) if len(argv) > 4 else {})
+    print(json.dumps(run_async(flood_cadence(workdir, ids, window, rate, settings)), indent=2))
     return 0
 
 

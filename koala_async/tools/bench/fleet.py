@@ -53,6 +53,7 @@ class Observer:
     honest_id: str = "honest-1"
     server_status: dict[str, Any] = field(default_factory=dict)
     status_times: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, payload bytes)
+    progress: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic, version, steps done)
     status_undecodable: int = 0
     versions: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, knowledge version)
     knowledge_payloads: list[bytes] = field(default_factory=list)  # sealed, as published (for replays)
@@ -81,6 +82,8 @@ class Observer:
                 self.status_times.append((now, len(payload)))
                 if message.online:
                     self.server_status = message.info
+                    self.progress.append((now, int(message.info.get("version", 0)),
+                                          int(message.info.get("distill_steps_done", 0))))
             return
         try:
             sealed = is_sealed(payload)
@@ -162,6 +165,8 @@ class Fleet:
         return {"node_id": self.client_ids[index], "broker": self.url, "federation": s.federation,
                 "dataset": "digits", "shard": index, "num_shards": len(self.client_ids), "tier": "image-small",
                 "interval": s.client_interval, "threads": 1, "train": {"epochs": s.client_epochs},
+                # train whatever the machine's load (a shared 2-core machine is often "busy")
+                "tier_policy": {"high_load": 1000.0, "defer_load": 1000.0},
                 "server_public_key": self.public_key}
 
     async def __aenter__(self) -> Fleet:
