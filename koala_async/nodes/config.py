@@ -59,7 +59,7 @@ class ServerConfig:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     # The most clients whose latest logits the fusion keeps (the least recently heard from are dropped
     # first): bounds a version's fusion time and the checkpoint size however many client ids appear.
-    max_contributions: int = 1024
+    max_contributions: int = 512
     trust: TrustConfig = field(default_factory=TrustConfig)  # per-tier trust (docs/heterogeneous.md)
     status_interval: float = 2.0
     max_payload_bytes: int = 8 * 1024 * 1024

@@ -105,7 +105,8 @@ class ServerNode:
         """The server's counters, as published in its status and written to its report."""
         return {"mode": self.config.mode.value, **self.state.snapshot(time.monotonic()),
                 **self.learner.snapshot(), **self.pacing.snapshot(), "uptime": round(time.monotonic() - self._started, 3),
-                "acks_dropped": self.acks.dropped, "handler_errors": self.transport.stats.handler_errors}
+                "acks_dropped": self.acks.dropped, "handler_errors": self.transport.stats.handler_errors,
+                "handler_errors_by_class": dict(self.transport.stats.handler_errors_by_class)}
 
     def events(self, maxsize: int | None = None) -> EventStream:
         """A new bounded stream of this server's events (see :mod:`koala_async.nodes.events`)."""
