@@ -34,6 +34,7 @@ from koala_async.io.durable import Journal, atomic_write
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+LEGACY_CHECKPOINT = "checkpoint.pt"  # format 1: a torch.save pickle, never loaded (it could run code)
 FORMAT = 2
 _META_KEY = "koala"
 
@@ -128,6 +129,11 @@ class ServerStore:
         """Restore a checkpoint (if any) into ``state`` and ``learner`` (blocking). Returns the envelopes
         it held as accepted but not yet fused, those the journal recorded after it (accepted, not yet
         counted: the caller re-admits them), and the checkpoint's metadata (empty without one)."""
+        legacy = self.directory / LEGACY_CHECKPOINT
+        if legacy.exists() and not self.path.exists():
+            # Starting afresh beside it would silently drop the state it holds; loading it would unpickle.
+            raise ConfigError("a checkpoint in the old pickle format, which this version never loads (unpickling "
+                              f"can run code): move it out of {self.directory} to start afresh", source=str(legacy))
         if self.path.exists():
             saved = load_state(self.path)
             for key, value in identity.items():
