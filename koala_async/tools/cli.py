@@ -92,6 +92,12 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     return robustness_main(args)
 
 
+def cmd_hostile(args: argparse.Namespace) -> int:
+    from koala_async.tools.bench.hostile import main as hostile_main
+
+    return hostile_main(args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -294,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("hostile", help="attack a real federation (Mosquitto, server, clients) with every class "
+                                       "of bad input; print classes -> counts")
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--flood-ids", type=int, default=10_000, help="made-up client ids in the flood class")
+    p.add_argument("--workdir", help="where configs and logs go (default: a temp dir)")
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=cmd_hostile)
 
     p = sub.add_parser("robustness", help="robust vs mean fusion with adversarial clients (in-process)")
     p.add_argument("--clients", type=int, default=10)
