@@ -46,7 +46,8 @@ class Batch:
 class Pacing(Protocol):
     def gate(self, message: Any) -> str: ...
 
-    def on_presence(self, state: ServerState) -> None: ...
+    def on_presence(self, state: ServerState, client: str | None = None) -> None:
+        """``client``'s availability changed (None: anyone's may have)."""
 
     def resume(self, state: ServerState) -> None: ...
 
@@ -74,7 +75,7 @@ class Continuous:
         self.buffer_size = config.buffer_size
         self.distill_steps = config.distill_steps
 
-    def on_presence(self, state: ServerState) -> None:
+    def on_presence(self, state: ServerState, client: str | None = None) -> None:
         pass
 
     def resume(self, state: ServerState) -> None:
@@ -115,8 +116,11 @@ class Rounds:
     def gate(self, message: Any) -> str:
         return self.barrier.deliver(message.sender, message.base_version).reason
 
-    def on_presence(self, state: ServerState) -> None:
-        self.barrier.update_available(state.available())
+    def on_presence(self, state: ServerState, client: str | None = None) -> None:
+        if client is None:
+            self.barrier.update_available(state.available())
+        else:  # one status changed one client: O(1), not a copy of the fleet per status
+            self.barrier.set_available(client, client in state.idle)
 
     def resume(self, state: ServerState) -> None:
         """Open the first round; updates replayed from a journal take part in the round they were built on."""

@@ -211,7 +211,7 @@ class ServerNode:
             return
         if isinstance(message, Status):
             if self.state.on_status(message, client_id, time.monotonic()):
-                self.pacing.on_presence(self.state)
+                self.pacing.on_presence(self.state, message.sender)
                 self._arrived.set()
         elif not msg.retain:
             self.state.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
