@@ -202,7 +202,7 @@ class MemoryTransport:
             return
         try:
             handler(message)
-        except Exception as exc:  # a bug in the consumer must not take the link down with it
+        except Exception as exc:  # noqa: BLE001 - a bug in the consumer must not take the link down with it
             self.stats.handler_errors += 1
             self._faults.record(exc, message.topic)  # counted by class; logged at most every 30 s
 

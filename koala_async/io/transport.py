@@ -268,7 +268,7 @@ class MqttTransport:
     def _hand(self, handler: Callable[[Incoming], None], incoming: Incoming) -> None:
         try:
             handler(incoming)
-        except Exception as exc:  # a bug in the consumer must not take the connection down with it
+        except Exception as exc:  # noqa: BLE001 - a bug in the consumer must not take the connection down with it
             self.stats.handler_errors += 1
             self._faults.record(exc, incoming.topic)  # counted by class; logged at most every 30 s
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import numpy as np
 
-from koala_async.core.envelope import (Ack, Knowledge, ProxySet, Status, Update, encode, pack_array)
+from koala_async.core.envelope import Ack, Knowledge, ProxySet, Status, Update, encode, pack_array
 from koala_async.core.server_signing import MAGIC
 from koala_async.core.topics import Topics
 

@@ -12,6 +12,7 @@ largest status payload, and whether every status decoded with the project's own 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import statistics
 import sys
@@ -26,7 +27,7 @@ from koala_async.tools.processes import NodeProcess
 def intervals(times: list[float], start: float, end: float) -> dict[str, float | int]:
     """Count, median, p90 and max of the gaps between consecutive ``times`` within [start, end]."""
     inside = [t for t in times if start <= t <= end]
-    gaps = sorted(b - a for a, b in zip(inside, inside[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(inside))
     if not gaps:
         return {"events": len(inside), "median": float("nan"), "p90": float("nan"), "max": float("nan")}
     return {"events": len(inside), "median": round(statistics.median(gaps), 3),
@@ -43,7 +44,8 @@ def step_time(progress: list[tuple[float, int, int]], start: float, end: float) 
 
 
 async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, rate: float = 500.0,
-                        settings: FleetSettings = FleetSettings()) -> dict[str, Any]:
+                        settings: FleetSettings | None = None) -> dict[str, Any]:
+    settings = settings or FleetSettings()
     workdir.mkdir(parents=True, exist_ok=True)
     async with Fleet(workdir, settings) as fleet:
         obs = fleet.observer

@@ -169,7 +169,7 @@ class Fleet:
                 "tier_policy": {"high_load": 1000.0, "defer_load": 1000.0},
                 "server_public_key": self.public_key}
 
-    async def __aenter__(self) -> Fleet:
+    async def __aenter__(self) -> Fleet:  # noqa: PYI034 - as the nodes' own
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         self._stack.callback(self._close)
@@ -187,7 +187,7 @@ class Fleet:
             self.processes.start(cid)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         assert self._stack is not None
         await self._stack.__aexit__(*exc)
 

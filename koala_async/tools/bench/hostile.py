@@ -27,8 +27,15 @@ import numpy as np
 
 from koala_async.core.envelope import Status, Update, decode, encode
 from koala_async.io.transport import BrokerAddress
-from koala_async.tools.bench.attacks import (ATTACKER, Attack, Target, client_attacks, flood_attack,
-                                             forged_server_status, server_attacks)
+from koala_async.tools.bench.attacks import (
+    ATTACKER,
+    Attack,
+    Target,
+    client_attacks,
+    flood_attack,
+    forged_server_status,
+    server_attacks,
+)
 from koala_async.tools.bench.fleet import Fleet, FleetSettings, Observer, until
 
 
@@ -135,8 +142,9 @@ class Attacker:
         update = Update(sender=self.obs.honest_id, seq=seq, base_version=self.obs.version, tier="image-small",
                         n_samples=40, proxy_id=target.proxy_id, logits=logits, sent_at=time.time())
         await client.publish(self.fleet.topics.update(self.obs.honest_id), encode(update), qos=1)
-        try:
-            await until(lambda: any(a.update_seq == seq for a in self.obs.acks), self.settings.settle, "the verdict")
+        try:  # its verdict may queue behind the flood's ten thousand
+            await until(lambda: any(a.update_seq == seq for a in self.obs.acks), 6 * self.settings.settle,
+                        "the verdict")
         except TimeoutError:
             return False
         return next(a for a in self.obs.acks if a.update_seq == seq).accepted
@@ -174,6 +182,7 @@ async def run_hostile(workdir: Path, settings: HostileSettings = HostileSettings
         "stop_codes": fleet.stop_codes, "status_undecodable": obs.status_undecodable,
         "status_bytes_max": max((size for _, size in obs.status_times), default=0),
         "server_handler_errors": server.get("handler_errors_by_class", {}),
+        "server_acks_dropped": server.get("acks_dropped", 0),
         "client_handler_errors": {c: info.get("handler_errors_by_class", {}) for c, info in clients.items()},
         "client_updates_accepted": {c: info.get("updates_accepted", 0) for c, info in clients.items()},
         "passed": honest and all(r.ok for r in rows) and all(alive.values()) and obs.status_undecodable == 0,
