@@ -162,6 +162,7 @@ async def run_hostile(workdir: Path, settings: HostileSettings = HostileSettings
         assert obs.proxy is not None
         target = Target(fleet.topics, obs.proxy.proxy_id, len(obs.proxy.inputs), obs.proxy.num_classes,
                         obs.version, obs.knowledge_payloads[0], fleet.client_ids)
+        accuracy_before = obs.server_status.get("test_accuracy")
         seq = int(time.time() * 1000)
         attacks = [*server_attacks(target, seq), *client_attacks(target, seq), forged_server_status(target, seq)]
         attacker = Attacker(fleet, settings)
@@ -183,6 +184,8 @@ async def run_hostile(workdir: Path, settings: HostileSettings = HostileSettings
         "status_bytes_max": max((size for _, size in obs.status_times), default=0),
         "server_handler_errors": server.get("handler_errors_by_class", {}),
         "server_acks_dropped": server.get("acks_dropped", 0),
+        # not judged here (robust fusion is not this harness's subject): what the valid floods did to learning
+        "test_accuracy": {"before": accuracy_before, "after": server.get("test_accuracy")},
         "client_handler_errors": {c: info.get("handler_errors_by_class", {}) for c, info in clients.items()},
         "client_updates_accepted": {c: info.get("updates_accepted", 0) for c, info in clients.items()},
         "passed": honest and all(r.ok for r in rows) and all(alive.values()) and obs.status_undecodable == 0,
@@ -202,6 +205,8 @@ def table(result: dict[str, Any]) -> str:
               f"honest update afterwards accepted: {result['honest_update_accepted']}",
               f"server status: largest {result['status_bytes_max']} bytes, undecodable {result['status_undecodable']}",
               f"handler errors: server {result['server_handler_errors']}, clients {result['client_handler_errors']}",
+              f"server test accuracy before / after (valid Sybil updates are accepted: not judged here): "
+              f"{result['test_accuracy']['before']} / {result['test_accuracy']['after']}",
               "PASS" if result["passed"] else "FAIL"]
     return "\n".join(lines)
 
