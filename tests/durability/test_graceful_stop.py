@@ -120,6 +120,8 @@ async def test_sigterm_with_a_backlog_on_busy_cores_exits_promptly_and_loses_not
     config = {"broker": mosquitto_broker, "federation": "stop", "state_dir": str(state), "threads": 1,
               # long versions: the backlog builds up behind a distillation that is still running
               "distill_steps": 400, "buffer_size": 1, "status_interval": 0.3,
+              # every sender's contribution stays in the fusion, so "fused" can be checked sender by sender
+              "max_contributions": 4 * SENDERS,
               "report_path": str(tmp_path / "report.json")}
     server = NodeProcess("server", "server", config, tmp_path)
     seen = Seen()
