@@ -34,13 +34,19 @@ def intervals(times: list[float], start: float, end: float) -> dict[str, float |
             "p90": round(gaps[min(len(gaps) - 1, int(0.9 * len(gaps)))], 3), "max": round(gaps[-1], 3)}
 
 
-def step_time(progress: list[tuple[float, int, int]], start: float, end: float) -> float:
-    """Wall seconds per distillation step within [start, end]: how fast the server learns, whatever
-    the number of steps each version buys (the pacing gives a version of many arrivals more steps)."""
-    inside = [(t, steps) for t, _, steps in progress if start <= t <= end]
-    if len(inside) < 2 or inside[-1][1] == inside[0][1]:
-        return float("nan")
-    return round((inside[-1][0] - inside[0][0]) / (inside[-1][1] - inside[0][1]), 4)
+def rates(progress: list[tuple[float, int, int, int, float]], start: float, end: float) -> dict[str, float]:
+    """From the server statuses within [start, end]: wall seconds per distillation step (how fast the
+    server learns, whatever the steps each version buys), accepted updates a second (the honest
+    clients' pace sets the version cadence once a flood is over), and the learner's own seconds per
+    version (fusion, distillation, evaluation: what per-client state could slow down)."""
+    inside = [p for p in progress if start <= p[0] <= end]
+    if len(inside) < 2:
+        return {}
+    (t0, v0, s0, a0, d0), (t1, v1, s1, a1, d1) = inside[0], inside[-1]
+    nan = float("nan")
+    return {"seconds_per_step": round((t1 - t0) / (s1 - s0), 4) if s1 > s0 else nan,
+            "accepted_per_second": round((a1 - a0) / (t1 - t0), 2) if t1 > t0 else nan,
+            "learner_seconds_per_version": round((d1 - d0) / (v1 - v0), 3) if v1 > v0 else nan}
 
 
 async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, rate: float = 500.0,
@@ -86,8 +92,8 @@ async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, 
         "versions_after": intervals(version_times, t_drained, t3),
         "status_gaps_before": intervals(status_times, t0, t1), "status_gaps_during": intervals(status_times, t1, t2),
         "status_gaps_after": intervals(status_times, t_drained, t3),
-        "step_seconds": {"before": step_time(obs.progress, t0, t1), "during": step_time(obs.progress, t1, t2),
-                         "after": step_time(obs.progress, t_drained, t3)},
+        "rates_before": rates(obs.progress, t0, t1), "rates_during": rates(obs.progress, t1, t2),
+        "rates_after": rates(obs.progress, t_drained, t3),
         "status_bytes_max": max((size for _, size in obs.status_times), default=0),
         "status_undecodable": obs.status_undecodable, "flood": flood, "alive_at_end": alive,
         "server": {k: status.get(k) for k in ("version", "accepted", "clients_accepted", "clients_online_count",

@@ -53,7 +53,8 @@ class Observer:
     honest_id: str = "honest-1"
     server_status: dict[str, Any] = field(default_factory=dict)
     status_times: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, payload bytes)
-    progress: list[tuple[float, int, int]] = field(default_factory=list)  # (monotonic, version, steps done)
+    # (monotonic, version, distillation steps done, accepted, seconds in the learner)
+    progress: list[tuple[float, int, int, int, float]] = field(default_factory=list)
     status_undecodable: int = 0
     versions: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, knowledge version)
     knowledge_payloads: list[bytes] = field(default_factory=list)  # sealed, as published (for replays)
@@ -82,8 +83,9 @@ class Observer:
                 self.status_times.append((now, len(payload)))
                 if message.online:
                     self.server_status = message.info
-                    self.progress.append((now, int(message.info.get("version", 0)),
-                                          int(message.info.get("distill_steps_done", 0))))
+                    info = message.info
+                    self.progress.append((now, int(info.get("version", 0)), int(info.get("distill_steps_done", 0)),
+                                          int(info.get("accepted", 0)), float(info.get("distill_seconds", 0.0))))
             return
         try:
             sealed = is_sealed(payload)
