@@ -189,9 +189,9 @@ class Fleet:
             self.processes.start(cid)
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         assert self._stack is not None
-        await self._stack.__aexit__(*exc)
+        await self._stack.__aexit__(None, None, None)  # the watcher is cancelled, every process reaped
 
     def _close(self) -> None:
         self.processes.close(grace=10)

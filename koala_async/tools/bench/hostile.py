@@ -205,8 +205,8 @@ def table(result: dict[str, Any]) -> str:
               f"honest update afterwards accepted: {result['honest_update_accepted']}",
               f"server status: largest {result['status_bytes_max']} bytes, undecodable {result['status_undecodable']}",
               f"handler errors: server {result['server_handler_errors']}, clients {result['client_handler_errors']}",
-              f"server test accuracy before / after (valid Sybil updates are accepted: not judged here): "
-              f"{result['test_accuracy']['before']} / {result['test_accuracy']['after']}",
+              (f"server test accuracy before / after (valid Sybil updates are accepted: not judged here): "
+               f"{result['test_accuracy']['before']} / {result['test_accuracy']['after']}"),
               "PASS" if result["passed"] else "FAIL"]
     return "\n".join(lines)
 
