@@ -164,13 +164,16 @@ async def run_hostile(workdir: Path, settings: HostileSettings = HostileSettings
                         obs.version, obs.knowledge_payloads[0], fleet.client_ids)
         accuracy_before = obs.server_status.get("test_accuracy")
         seq = int(time.time() * 1000)
-        attacks = [*server_attacks(target, seq), *client_attacks(target, seq), forged_server_status(target, seq)]
+        def catalog(now: Target) -> list[Attack]:
+            return [*server_attacks(now, seq), *client_attacks(now, seq), forged_server_status(now, seq)]
+
         attacker = Attacker(fleet, settings)
         rows = []
         async with aiomqtt.Client(attacker.address.host, attacker.address.port, identifier=ATTACKER,
                                   timeout=60) as client:
-            for attack in attacks:
-                rows.append(await attacker.run(client, attack))
+            for i in range(len(catalog(target))):
+                # built on the current version: the valid ones must not have gone stale meanwhile
+                rows.append(await attacker.run(client, catalog(replace(target, version=obs.version))[i]))
             # built now: its updates are valid, so they must be built on the current version
             rows.append(await attacker.run(client, flood_attack(replace(target, version=obs.version),
                                                                 settings.flood_ids, seq)))
