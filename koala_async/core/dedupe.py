@@ -77,6 +77,11 @@ class _Sender:
         self.floor = floor
         self.recent = array("q")  # sorted, all above floor
 
+    def copy(self) -> _Sender:
+        twin = _Sender(self.floor)
+        twin.recent = array("q", self.recent)
+        return twin
+
     @property
     def high(self) -> int:
         return self.recent[-1] if self.recent else self.floor
@@ -128,6 +133,8 @@ class SeqWindow:
                 self._senders.popitem(last=False)
                 self.forgotten += 1
         else:
+            # Copy on write: a frozen() view may still hold the old entry.
+            entry = self._senders[sender] = entry.copy()
             self._senders.move_to_end(sender)
         recent = entry.recent
         recent.insert(bisect_left(recent, seq), seq)
@@ -139,6 +146,15 @@ class SeqWindow:
         """The sender's largest accepted number, or -1."""
         entry = self._senders.get(sender)
         return -1 if entry is None else entry.high
+
+    def frozen(self) -> SeqWindow:
+        """A copy that later changes to this window do not reach (entries are copied on write), made
+        without walking the senders' numbers: a checkpoint captures it on the event loop and turns it
+        into :meth:`to_state` data in its own thread."""
+        twin = SeqWindow(self._window, self.bounds)
+        twin._senders = self._senders.copy()
+        twin.forgotten = self.forgotten
+        return twin
 
     def to_state(self) -> dict[str, dict[str, Any]]:
         """Plain data for a checkpoint: ``{sender: {"floor": int, "recent": [int, ...]}}``, least

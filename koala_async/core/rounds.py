@@ -95,6 +95,24 @@ class RoundBarrier:
         r.dropped |= gone
         r.selected -= gone
 
+    def set_available(self, client: str, available: bool) -> None:
+        """:meth:`update_available` for one client whose presence changed: no walk over the others."""
+        if available:
+            self.available.add(client)
+        else:
+            self.available.discard(client)
+        r = self.round
+        if r is None:
+            return
+        if not r.frozen:
+            if available:
+                r.selected.add(client)
+            else:
+                r.selected.discard(client)
+        elif not available and client in r.selected:
+            r.selected.discard(client)
+            r.dropped.add(client)
+
     def deliver(self, client: str, built_on: int) -> Delivery:
         """Record that ``client`` delivered an update built on round ``built_on``."""
         r = self.round
@@ -118,14 +136,22 @@ class RoundBarrier:
         r = self.round
         return set() if r is None else r.selected - set(r.delivered)
 
+    def awaited_count(self) -> int:
+        """How many selected clients are still expected (without building the set: checked every tick)."""
+        r = self.round
+        if r is None:
+            return 0
+        return len(r.selected) - sum(1 for c in set(r.delivered) if c in r.selected)
+
     def complete(self, now: float) -> bool:
         """Whether the current round can be aggregated; True once per round (it closes the round)."""
         r = self.round
         if r is None or not r.delivered or r.closed:
             return False
-        if self.awaited() and now - r.started_at < self.timeout:
+        waiting = self.awaited_count()
+        if waiting and now - r.started_at < self.timeout:
             return False
-        if self.awaited():
+        if waiting:
             self.timed_out_rounds += 1
         r.closed = True
         if len(r.delivered) < self.min_clients:
@@ -138,12 +164,18 @@ class RoundBarrier:
         """When the current round times out (None before the first round)."""
         return None if self.round is None else self.round.started_at + self.timeout
 
-    def summary(self) -> dict[str, object]:
+    def summary(self, listed: int = 64) -> dict[str, object]:
+        """The round as published in the server's status: who is selected, delivered and awaited, named
+        only while each list has at most ``listed`` clients (their counts always), so the status stays
+        small and a heartbeat walks no fleet."""
         r = self.round
+        selected, delivered = (r.selected, r.delivered) if r else (set(), [])
+        awaited = self.awaited_count()
         return {"round": None if r is None else r.number,
-                "selected": sorted(r.selected) if r else [],
-                "delivered": list(r.delivered) if r else [],
-                "awaited": sorted(self.awaited()),
+                "selected": sorted(selected) if len(selected) <= listed else [],
+                "delivered": list(delivered) if len(delivered) <= listed else [],
+                "awaited": sorted(self.awaited()) if awaited <= listed else [],
+                "selected_count": len(selected), "delivered_count": len(delivered), "awaited_count": awaited,
                 "timed_out_rounds": self.timed_out_rounds,
                 "too_small_rounds": self.too_small_rounds, "discarded": self.discarded,
                 "rejected": dict(self.rejected)}

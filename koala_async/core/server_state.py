@@ -24,6 +24,12 @@ the update itself is decided. So every update a client published is counted once
 
 An optional :class:`StateListener` hears each count as it happens (O(1) per event): the node's
 metrics adapter (``koala_async.nodes.telemetry``) feeds Prometheus from it.
+
+Per-client state is bounded whatever the number of client ids (anyone on an open broker can make up
+ten thousand): presence keeps at most ``MAX_PRESENCE`` clients, the accepted count per client at
+most ``MAX_COUNTED_CLIENTS`` (updates from later ones are counted in ``accepted_uncounted``), and the online and
+available sets are kept up to date as statuses arrive, so :meth:`ServerState.snapshot` (every
+heartbeat, on the event loop) and :meth:`ServerState.available` never walk the clients.
 """
 
 from __future__ import annotations
@@ -50,10 +56,13 @@ Admission = Callable[[Message, "str | None", int, SeqWindow, "int | None"], "Dec
 Gate = Callable[[Any], str]
 
 STALENESS_BUCKETS = 32  # staleness histogram: "0".."31" and "32+"
-# Per-client lists in the status (accepted per client, clients online) stop here: a status costs the
-# same at 100 clients as at 100,000, and a fleet that large reads its metrics instead.
-MAX_LISTED_CLIENTS = 64
-MAX_PRESENCE = 100_000  # clients whose presence is remembered; the longest-offline are forgotten first
+# Per-client maps and lists go into the status only when they are complete and this short: a status
+# info map holds at most 256 entries (core/info.py), and a longer one would be cut silently; a status
+# costs the same at 100 clients as at 100,000, and a fleet that large reads its metrics instead.
+MAX_LISTED_CLIENTS = 200
+MAX_LISTED_ONLINE = 64
+MAX_PRESENCE = 100_000  # clients whose presence is remembered; the least recently heard from are forgotten
+MAX_COUNTED_CLIENTS = 100_000  # clients whose accepted updates are counted one by one
 
 
 class Arrival(NamedTuple):
@@ -109,7 +118,8 @@ class ServerMetrics:
     distill_steps_skipped: int = 0  # steps a version's latency budget cut short
     superseded: int = 0  # updates their clients replaced before the server had them
     timeline: list[tuple[float, int, float]] = field(default_factory=list)
-    accepted_by_client: dict[str, int] = field(default_factory=dict)
+    accepted_by_client: dict[str, int] = field(default_factory=dict)  # at most MAX_COUNTED_CLIENTS ids
+    accepted_uncounted: int = 0  # accepted updates from clients past MAX_COUNTED_CLIENTS
     staleness_hist: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -139,7 +149,8 @@ class ServerState:
         self.pending: list[Arrival] = []
         self.in_flight = 0  # taken by the learner, not yet published: still "pending" to observers
         self.presence: OrderedDict[str, Presence] = OrderedDict()  # least recently heard from first
-        self.online_count = 0
+        self.online: dict[str, None] = {}  # clients whose presence says online (a set in arrival order)
+        self.idle: set[str] = set()  # online and not done: who a round can select (see available())
         # seconds from acceptance to the publication of the version that fused it (core/latency.py)
         self.fuse_latency = LatencyStats(latency_window)
         self.dirty = False  # counters moved since the last checkpoint
@@ -211,7 +222,11 @@ class ServerState:
         self.verdicts.remember(message.sender, message.seq, True, "accepted")
         m = self.metrics
         m.accepted += 1
-        m.accepted_by_client[message.sender] = m.accepted_by_client.get(message.sender, 0) + 1
+        by_client = m.accepted_by_client
+        if message.sender in by_client or len(by_client) < MAX_COUNTED_CLIENTS:
+            by_client[message.sender] = by_client.get(message.sender, 0) + 1
+        else:
+            m.accepted_uncounted += 1
         m.staleness_sum += staleness
         m.staleness_max = max(m.staleness_max, staleness)
         bucket = str(staleness) if staleness < STALENESS_BUCKETS else f"{STALENESS_BUCKETS}+"
@@ -261,17 +276,31 @@ class ServerState:
         old = self.presence.pop(status.sender, None)
         self.presence[status.sender] = Presence(status.online, status.state[:64],
                                                 tier[:64] if isinstance(tier, str) else None, now)
-        self.online_count += int(status.online) - int(old.online if old else False)
+        self._index(status.sender, status.online, status.state)
         while len(self.presence) > MAX_PRESENCE:
-            _, gone = self.presence.popitem(last=False)
-            self.online_count -= int(gone.online)
+            gone, _ = self.presence.popitem(last=False)
+            self._index(gone, False, "")
         if self.listener is not None:
-            self.listener.online(self.online_count)
+            self.listener.online(len(self.online))
         return old is None or old.online != status.online or old.state != status.state
 
+    def _index(self, client: str, online: bool, state: str) -> None:
+        if online:
+            self.online[client] = None
+        else:
+            self.online.pop(client, None)
+        if online and state != "done":
+            self.idle.add(client)
+        else:
+            self.idle.discard(client)
+
+    @property
+    def online_count(self) -> int:
+        return len(self.online)
+
     def available(self) -> set[str]:
-        """Clients that can take part in a round: online and not done."""
-        return {cid for cid, p in self.presence.items() if p.online and p.state != "done"}
+        """Clients that can take part in a round: online and not done (a copy)."""
+        return set(self.idle)
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -283,14 +312,14 @@ class ServerState:
         """The protocol counters as published in the status (bounded whatever the fleet size)."""
         m = self.metrics
         by_client = m.accepted_by_client
-        listed = len(by_client) <= MAX_LISTED_CLIENTS
-        online = ([cid for cid, p in self.presence.items() if p.online]
-                  if len(self.presence) <= MAX_LISTED_CLIENTS else [])
+        listed = len(by_client) <= MAX_LISTED_CLIENTS and not m.accepted_uncounted
+        online = list(self.online) if len(self.online) <= MAX_LISTED_ONLINE else []
         return {
             "version": self.version,
             "accepted": m.accepted,
             "accepted_by_client": dict(by_client) if listed else {},
             "clients_accepted": len(by_client),
+            "accepted_uncounted": m.accepted_uncounted,
             "rejected": dict(self.rejects.counts),
             "superseded": m.superseded,
             "staleness_mean": round(m.staleness_mean, 4),
@@ -304,5 +333,6 @@ class ServerState:
             "fuse_latency": self.latency(now),
             "fuse_latency_recent": self.latency(now, recent=True),
             "clients_online": sorted(online),
-            "clients_online_count": self.online_count,
+            "clients_online_count": len(self.online),
+            "clients_known": len(self.presence),
         }

@@ -63,7 +63,8 @@ class TransportStats:
     publish_retries: int = 0
     queue_high_water: int = 0
     unsolicited: int = 0  # messages on topics we never subscribed to (dropped)
-    handler_errors: int = 0  # messages the handler raised on (logged, dropped)
+    handler_errors: int = 0  # messages the handler raised on (logged, rate-limited, and dropped)
+    handler_errors_by_class: dict[str, int] = field(default_factory=dict)  # by exception class name
     last_error: str = ""
     broker: str = ""  # the address of the broker it is (or was last) connected to
     mqtt_version: int = 0  # that connection's protocol: 5, or 4 for 3.1.1 (0 before the first)

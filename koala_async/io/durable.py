@@ -3,7 +3,8 @@
 ``atomic_write`` writes a temp file in the same directory, fsyncs it, renames it over the target and
 fsyncs the directory, so after a power cut the target holds either the old or the new bytes, never a
 mix. ``Journal`` appends length- and CRC-framed records to numbered segment files, fsyncing each
-append; a torn record at the tail (the crash hit mid-write) is detected and ignored on replay.
+append, or (``sync=False``) leaving the fsync to one :meth:`Journal.sync` for a burst of appends
+(group commit); a torn record at the tail (the crash hit mid-write) is detected and ignored on replay.
 Segments let a checkpoint cover a prefix of the journal: ``rotate()`` starts a new segment, and once
 the checkpoint that covers the older ones is durable, ``drop_before(n)`` deletes them.
 """
@@ -63,6 +64,7 @@ class Journal:
         self.segment = existing[-1] + 1 if existing else 1
         self._handle = self._open(self.segment)
         self.appended = 0
+        self.unsynced = 0  # records written since the last fsync
 
     def segments(self) -> list[int]:
         return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _SEGMENT.match(p.name)))
@@ -75,15 +77,26 @@ class Journal:
         fsync_dir(self.directory)
         return handle
 
-    def append(self, record: bytes) -> None:
-        """Write one record and fsync it: once this returns, the record survives a crash."""
+    def append(self, record: bytes, sync: bool = True) -> None:
+        """Write one record and fsync it: once this returns, the record survives a crash. With
+        ``sync=False`` the record is written (it survives the process being killed) but survives a
+        power cut only after the next :meth:`sync`."""
         self._handle.write(_FRAME.pack(len(record), zlib.crc32(record)) + record)
         self._handle.flush()
-        os.fsync(self._handle.fileno())
         self.appended += 1
+        self.unsynced += 1
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        """fsync what was appended since the last sync (nothing to do when nothing was)."""
+        if self.unsynced:
+            os.fsync(self._handle.fileno())
+            self.unsynced = 0
 
     def rotate(self) -> int:
         """Start a new segment; returns its number (records from here on land in it)."""
+        self.sync()
         self._handle.close()
         self.segment += 1
         self._handle = self._open(self.segment)
@@ -113,4 +126,5 @@ class Journal:
                 offset += _FRAME.size + length
 
     def close(self) -> None:
+        self.sync()
         self._handle.close()

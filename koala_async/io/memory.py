@@ -23,6 +23,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 
+from koala_async.core.faults import FaultCounter
 from koala_async.errors import BrokerUnavailable, TransportError
 from koala_async.io.base import Incoming, LinkOptions, TransportStats, topic_matches
 
@@ -127,6 +128,8 @@ class MemoryTransport:
         self.options = options
         self.address = broker.url
         self.stats = TransportStats()
+        self._faults = FaultCounter(log, f"{options.client_id}: the message handler")
+        self.stats.handler_errors_by_class = self._faults.counts
         self.connected = asyncio.Event()
         self._inbox: asyncio.Queue[Incoming | None] = asyncio.Queue()
         self._messages: asyncio.Queue[Incoming] = asyncio.Queue()
@@ -211,10 +214,9 @@ class MemoryTransport:
             return
         try:
             handler(message)
-        except Exception:  # a bug in the consumer must not take the link down with it
+        except Exception as exc:  # noqa: BLE001 - a bug in the consumer must not take the link down with it
             self.stats.handler_errors += 1
-            log.exception("%s: the message handler failed on %s; message dropped", self.options.client_id,
-                          message.topic)
+            self._faults.record(exc, message.topic)  # counted by class; logged at most every 30 s
 
     async def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                       timeout: float | None = None, expiry: float | None = None) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Self, cast
 import aiomqtt
 
 from koala_async.core.backoff import Backoff
+from koala_async.core.faults import FaultCounter
 from koala_async.errors import BrokerUnavailable, ConfigError, TransportError
 from koala_async.io.address import BrokerAddress, parse_brokers
 from koala_async.io.base import Incoming, LinkOptions, TransportFactory, TransportStats, Will
@@ -105,6 +106,8 @@ class MqttTransport:
         self.mqtt_version = mqtt_version
         self.session_expiry = session_expiry
         self.stats = TransportStats()
+        self._faults = FaultCounter(log, f"{client_id}: the message handler")
+        self.stats.handler_errors_by_class = self._faults.counts
         self.connected = asyncio.Event()
         self._queue: asyncio.Queue[Incoming] = asyncio.Queue(queue_size)
         self._wanted: dict[str, bool] = {}  # topic -> matches a subscription (bounded cache)
@@ -289,10 +292,9 @@ class MqttTransport:
     def _hand(self, handler: Callable[[Incoming], None], incoming: Incoming) -> None:
         try:
             handler(incoming)
-        except Exception:  # a bug in the consumer must not take the connection down with it
+        except Exception as exc:  # noqa: BLE001 - a bug in the consumer must not take the connection down with it
             self.stats.handler_errors += 1
-            log.exception("%s: the message handler failed on %s; message dropped", self.client_id,
-                          incoming.topic)
+            self._faults.record(exc, incoming.topic)  # counted by class; logged at most every 30 s
 
     def _incoming(self, message: aiomqtt.Message) -> Incoming | None:
         """``message`` as handed on, or None (counted) when it is on a topic we never asked for."""

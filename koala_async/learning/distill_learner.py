@@ -14,6 +14,13 @@ Per batch of accepted updates (:meth:`DistillLearner.advance`, in a worker threa
 Published, retained: the proxy set's manifest (core/proxy_manifest.py) and its chunks (on every
 connect; :meth:`DistillLearner.proxy_chunks` yields them one at a time, as views of the proxy array),
 and the knowledge (on every version).
+
+Bounded whatever the number of client ids: the fusion keeps the contributions of at most
+``max_contributions`` clients (the least recently heard from are dropped first), so a version's
+fusion time and a checkpoint's size do not grow with a flood of made-up ids; and what the learner
+adds to the server's status is computed here, in the learner's thread, once per version, and
+lists at most ``MAX_LISTED_TIERS`` tiers (tier names come from the network), so a heartbeat on the
+event loop only copies it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+MAX_LISTED_TIERS = 32  # tier_trust entries in the status: the most observed tiers
+
+
+def trust_summary(trust: TierTrust, limit: int = MAX_LISTED_TIERS) -> dict[str, float]:
+    """The trust of the ``limit`` most observed tiers (with :class:`TierTrust`'s own rule)."""
+    tiers = list(trust.agreement_ema)
+    if len(tiers) > limit:
+        tiers = sorted(tiers, key=lambda t: trust.observations.get(t, 0), reverse=True)[:limit]
+    return {t: round(trust.trust(t), 4) for t in sorted(tiers)}
+
 
 class DistillLearner:
     def __init__(self, config: ServerConfig, topics: Topics, next_seq: Any) -> None:
@@ -56,7 +73,10 @@ class DistillLearner:
         self.schedule: ProxySchedule | None = None
         self.trust = TierTrust(config.trust)
         self.steps_skipped = 0
-        # The distill thread and checkpoint captures take turns on the model.
+        self.max_contributions = config.max_contributions
+        self.contributions_dropped = 0  # contributions forgotten past max_contributions
+        self._summary: dict[str, Any] = {}  # the status part, refreshed by the thread that learns
+        # The distill thread and checkpoint captures take turns on the model and the fusion.
         self.lock = threading.Lock()
         self._ctx: AdmissionContext | None = None
 
@@ -81,6 +101,7 @@ class DistillLearner:
                                    augment=cfg.augment)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
         self.test_accuracy = self.evaluate()
+        self._summarise()
 
     def evaluate(self) -> float:
         from koala_async.learning.distill import accuracy
@@ -102,25 +123,47 @@ class DistillLearner:
         return admit(message, topic_sender, ctx, seen, now_ms)
 
     def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
-        for arrival in batch:
-            update: Update = arrival.message
-            trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self._reference(update))
-            try:
-                self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
-                                n_samples=update.n_samples, trust=trust, label_counts=update.label_counts,
-                                version=version)
-            except ValueError as exc:  # admission checked shapes and ids; fusion refuses what it cannot bound
-                log.warning("update %s/%d not fused: %s", update.sender, update.seq, exc)
-        targets, mask = self.fusion.targets(version)
+        # The whole batch joins the fusion under the lock, even when stopping: its arrivals have left
+        # the server's pending list, so the checkpoint written on the way out (which waits for the lock)
+        # must find every one of them in the fusion.
         with self.lock:
+            for arrival in batch:
+                update: Update = arrival.message
+                trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self._reference(update))
+                self._fuse(update, trust, version)
+            if stop.is_set():  # shutting down: the fused contributions are kept, the rest can wait
+                return
+            targets, mask = self.fusion.targets(version)
             before = self.distiller.steps_done
             self.distiller.distill(self.proxy_x, targets, mask, steps, self.config.max_distill_seconds, stop)
-            if stop.is_set():  # shutting down: the fused targets are kept, the rest can wait
+            if stop.is_set():
                 return
             if mask.any():
                 self.steps_skipped += steps - (self.distiller.steps_done - before)
             self._predict(version + 1)
             self.test_accuracy = self.evaluate()
+            self._summarise()
+
+    def _fuse(self, update: Update, trust: float, version: int) -> None:
+        """Make ``update`` its sender's contribution, the most recent one; forget the least recent
+        contributions past ``max_contributions``."""
+        try:
+            self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
+                            n_samples=update.n_samples, trust=trust, label_counts=update.label_counts,
+                            version=version)
+        except ValueError as exc:  # admission checked shapes and ids; fusion refuses what it cannot bound
+            log.warning("update %s/%d not fused: %s", update.sender, update.seq, exc)
+        contributions = self.fusion.contributions  # in order of last arrival
+        while len(contributions) > self.max_contributions:
+            self.fusion.forget(next(iter(contributions)))
+            self.contributions_dropped += 1
+
+    def _summarise(self) -> None:
+        self._summary = {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
+                         "tier_trust": trust_summary(self.trust), "tiers_seen": len(self.trust.agreement_ema),
+                         "distill_steps_skipped": self.steps_skipped, "distill_steps_done": self.distiller.steps_done,
+                         "contributions": len(self.fusion.contributions),
+                         "contributions_dropped": self.contributions_dropped}
 
     def _predict(self, version: int) -> None:
         """The large model's logits on what the knowledge of ``version`` carries (all, or its subset)."""
@@ -170,8 +213,8 @@ class DistillLearner:
             yield self.topics.proxy_chunk(self.proxy_id, chunk.index), chunk
 
     def snapshot(self) -> dict[str, Any]:
-        return {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
-                "tier_trust": self.trust.as_dict(), "distill_steps_skipped": self.steps_skipped}
+        """The learner's part of the server status, as of its last version (cheap: no per-tier work)."""
+        return dict(self._summary)
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -209,4 +252,5 @@ class DistillLearner:
                                         self.config.fusion, self.config.staleness)
         self.trust.agreement_ema.update(state["trust"]["agreement_ema"])
         self.trust.observations.update(state["trust"]["observations"])
+        self._summarise()
 

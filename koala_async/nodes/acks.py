@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from koala_async.core.envelope import Ack, encode
 from koala_async.core.topics import Topics
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 class AckSender:
     def __init__(self, topics: Topics, node_id: str, seq: SeqCounter, maxsize: int = 10_000,
-                 window: int = 32) -> None:
+                 window: int = 32, flush: Callable[[], None] | None = None) -> None:
         self.topics = topics
+        self.flush = flush  # makes the journal durable: a verdict never goes out before its record is
         self.node_id = node_id
         self._seq = seq
         self._queue: asyncio.Queue[Ack] = asyncio.Queue(maxsize)
@@ -62,5 +64,7 @@ class AckSender:
         async with asyncio.TaskGroup() as in_flight:
             while True:
                 ack = await self._queue.get()
+                if self.flush is not None:
+                    self.flush()  # a no-op unless arrivals were journaled since the last fsync
                 await slots.acquire()
                 in_flight.create_task(send(ack))

@@ -23,12 +23,13 @@ from contextlib import AsyncExitStack
 from typing import Any
 
 from koala_async.core.envelope import Ack, Limits
+from koala_async.core.faults import FaultCounter
 from koala_async.core.knowledge_gate import KnowledgeGate
 from koala_async.core.rejects import RejectCounter
 from koala_async.core.server_signing import parse_public_key
 from koala_async.core.retention import AddResult
 from koala_async.core.topics import Topics
-from koala_async.io.base import LinkOptions, Transport, TransportFactory, Will
+from koala_async.io.base import Incoming, LinkOptions, Transport, TransportFactory, Will
 from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
 from koala_async.nodes.outbox import Outbox
@@ -57,6 +58,7 @@ class ClientNode:
         self.topics = Topics(config.federation)
         self.limits = Limits(max_payload_bytes=config.max_payload_bytes)
         self.rejects = RejectCounter(log)
+        self.faults = FaultCounter(log, f"{config.node_id}: the receive loop")
         self.task = client_task(config, self.topics)
         self.inputs = ClientInputs(config)
         self.samples = self.inputs.buffer  # the private samples held (bounded; see add_samples)
@@ -189,25 +191,30 @@ class ClientNode:
     # -- receiving -----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        ack_topic = self.topics.ack(self.config.node_id)
+        # One message that makes handling raise costs that message, never the client: counted by class.
+        take = self.faults.guard(self._take, origin=lambda msg: msg.topic)
         async for msg in self.transport.messages():
-            self.bytes_down += len(msg.payload)
-            verdict = self.gate.check(msg.payload, "ack" if msg.topic == ack_topic else self.task.kinds.get(msg.topic))
-            if not verdict.accepted or verdict.message is None:
-                self.rejects.reject(verdict.reason, verdict.detail, msg.topic)
-                continue
-            message = verdict.message
-            if isinstance(message, Ack):
-                refused = self.outbox.on_ack(message)
-                if refused:
-                    self.rejects.reject(refused, f"seq={message.update_seq}", msg.topic)
-                continue
-            before = self.task.version
-            reason = self.task.take(msg.topic, message, self.inputs)
-            if reason is not None:
-                self.rejects.reject(reason, type(message).__name__, msg.topic)
-            elif self.task.version != before and self.task.version is not None:
-                self._events.emit(KnowledgeChanged(self.config.node_id, self.task.version, before))
+            take(msg)
+
+    def _take(self, msg: Incoming) -> None:
+        self.bytes_down += len(msg.payload)
+        kind = "ack" if msg.topic == self.topics.ack(self.config.node_id) else self.task.kinds.get(msg.topic)
+        verdict = self.gate.check(msg.payload, kind)
+        if not verdict.accepted or verdict.message is None:
+            self.rejects.reject(verdict.reason, verdict.detail, msg.topic)
+            return
+        message = verdict.message
+        if isinstance(message, Ack):
+            refused = self.outbox.on_ack(message)
+            if refused:
+                self.rejects.reject(refused, f"seq={message.update_seq}", msg.topic)
+            return
+        before = self.task.version
+        reason = self.task.take(msg.topic, message, self.inputs)
+        if reason is not None:
+            self.rejects.reject(reason, type(message).__name__, msg.topic)
+        elif self.task.version != before and self.task.version is not None:
+            self._events.emit(KnowledgeChanged(self.config.node_id, self.task.version, before))
 
     # -- contributing --------------------------------------------------------------------------
 
@@ -277,6 +284,7 @@ class ClientNode:
             **self.outbox.snapshot(), "events_dropped": self._events.dropped,
             "knowledge_version": self.task.version or 0,
             "bytes_down": self.bytes_down + self.task.bytes_fetched, "rejected": dict(self.rejects.counts),
+            "handler_errors": self.faults.total, "handler_errors_by_class": dict(self.faults.counts),
             "last_loss": None if loss != loss else round(loss, 4),
         }
 

@@ -68,6 +68,9 @@ class ServerConfig:
     accepted_tiers: tuple[str, ...] = ()
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    # The most clients whose latest logits the fusion keeps (the least recently heard from are dropped
+    # first): bounds a version's fusion time and the checkpoint size however many client ids appear.
+    max_contributions: int = 512
     trust: TrustConfig = field(default_factory=TrustConfig)  # per-tier trust (docs/heterogeneous.md)
     status_interval: float = 2.0
     max_payload_bytes: int = 8 * 1024 * 1024
@@ -99,6 +102,8 @@ class ServerConfig:
         check_id(self.node_id, "node_id")
         if self.distill_steps < 1 or self.buffer_size < 1:
             raise ValueError("distill_steps and buffer_size must be >= 1")
+        if self.max_contributions < 1:
+            raise ValueError("max_contributions must be >= 1")
         if self.max_distill_seconds is not None and self.max_distill_seconds <= 0:
             raise ValueError("max_distill_seconds must be > 0 (or unset)")
         if self.latency_window <= 0:

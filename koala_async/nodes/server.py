@@ -64,7 +64,8 @@ class ServerNode:
         self.store = (ServerStore(config.state_dir) if config.state_dir and not config.mode.exchanges_weights
                       else None)
         self.keys: dict[str, bytes] | None = None
-        self.acks = AckSender(self.topics, config.node_id, self._seq)
+        self.acks = AckSender(self.topics, config.node_id, self._seq,
+                              flush=self.store.sync if self.store is not None else None)
         self._events = EventHub(config.node_id)
         connect = transport or node_transport(config)
         self._signer: ServerSigner | None = None  # with server_key_file: seals what clients must trust
@@ -78,6 +79,7 @@ class ServerNode:
         self._payloads: dict[str, bytes] = {}  # topic -> the retained payload describing this version
         self._arrived = asyncio.Event()
         self._stop = threading.Event()  # set on the way out: a running distillation ends at its next step
+        self._learning: asyncio.Future[None] | None = None  # the learner's current batch, in its thread
         self._started = time.monotonic()
         self._stack: AsyncExitStack | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -105,7 +107,8 @@ class ServerNode:
         """The server's counters, as published in its status and written to its report."""
         return {"mode": self.config.mode.value, **self.state.snapshot(time.monotonic()),
                 **self.learner.snapshot(), **self.pacing.snapshot(), "uptime": round(time.monotonic() - self._started, 3),
-                "acks_dropped": self.acks.dropped, "handler_errors": self.transport.stats.handler_errors}
+                "acks_dropped": self.acks.dropped, "handler_errors": self.transport.stats.handler_errors,
+                "handler_errors_by_class": dict(self.transport.stats.handler_errors_by_class)}
 
     def events(self, maxsize: int | None = None) -> EventStream:
         """A new bounded stream of this server's events (see :mod:`koala_async.nodes.events`)."""
@@ -165,9 +168,9 @@ class ServerNode:
                 await stop_tasks(self._tasks, what="server tasks")
             finally:
                 await self._stack.aclose()
+            if self._learning is not None:
+                await asyncio.wait([self._learning])  # the batch in the learner's hands is fused
             if self.store is not None:
-                # A distillation cancelled mid-way may still run in its thread: the learner's lock makes
-                # the final checkpoint wait for it.
                 await self._checkpoint(self.state.version)
                 self.store.close()
             if self.config.report_path:
@@ -196,8 +199,10 @@ class ServerNode:
         if verdict is None:
             return
         if verdict.accepted and not verdict.repeat:
-            if self.store is not None:
-                self.store.append(envelope)  # durable first, counted second
+            if self.store is not None and self.store.append(envelope):
+                # Group commit: one fsync for this burst of arrivals, queued before anything they wake
+                # (the ack sender, the learn loop) can run, so no verdict or version precedes it.
+                asyncio.get_running_loop().call_soon(self.store.sync)
             self.state.accept(message, envelope if self.store else b"", verdict.staleness, time.monotonic(),
                               now_ms)
             self._arrived.set()
@@ -211,7 +216,7 @@ class ServerNode:
             return
         if isinstance(message, Status):
             if self.state.on_status(message, client_id, time.monotonic()):
-                self.pacing.on_presence(self.state)
+                self.pacing.on_presence(self.state, message.sender)
                 self._arrived.set()
         elif not msg.retain:
             self.state.rejects.reject("wrong_kind", type(message).__name__, msg.topic)
@@ -241,8 +246,11 @@ class ServerNode:
     async def _advance(self, batch: Batch) -> None:
         """Learn from ``batch``, then make the next version durable and publish it."""
         started = time.perf_counter()
-        await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps,
-                                self._stop)
+        self._learning = asyncio.get_running_loop().run_in_executor(
+            None, self.learner.advance, batch.arrivals, self.state.version, batch.steps, self._stop)
+        # Shielded: the batch has left the pending list, so on the way out the thread must still fuse it
+        # (``_stop`` cuts its distillation short) before the final checkpoint, which waits for it.
+        await asyncio.shield(self._learning)
         self.state.distilled(time.perf_counter() - started)
         version = self.state.version + 1
         if self.store is not None:

@@ -29,17 +29,27 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coro)
 
 
-async def _until_signalled(*extra: asyncio.Future[Any] | asyncio.Task[Any]) -> None:
-    """Wait for SIGINT/SIGTERM (installed by the CLI, never by the library) or any ``extra``."""
-    loop = asyncio.get_running_loop()
-    stop = loop.create_future()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+async def _until_signalled(*extra: asyncio.Future[Any] | asyncio.Task[Any],
+                           stop: asyncio.Future[None] | None = None) -> None:
+    """Wait for SIGINT/SIGTERM (installed by the CLI, never by the library) or any ``extra``; ``stop``
+    is a future from :func:`_on_signal` when the handlers were installed earlier."""
+    stop = stop or _on_signal()
     try:
         await asyncio.wait([stop, *extra], return_when=asyncio.FIRST_COMPLETED)
     finally:
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+def _on_signal() -> asyncio.Future[None]:
+    """A future that SIGINT/SIGTERM completes, from now on: a node that is still starting (loading
+    data, replaying its journal) when the signal comes then stops cleanly once started."""
+    loop = asyncio.get_running_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+    return stop
 
 
 def _load_node_table(path: str | None, role: str) -> tuple[dict[str, Any], str, str | None]:
@@ -80,6 +90,12 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     from koala_async.tools.bench.robustness import main as robustness_main
 
     return robustness_main(args)
+
+
+def cmd_hostile(args: argparse.Namespace) -> int:
+    from koala_async.tools.bench.hostile import main as hostile_main
+
+    return hostile_main(args)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -141,9 +157,11 @@ def cmd_server(args: argparse.Namespace) -> int:
     config = load_into(ServerConfig, table, source=source, text=text, prefix="server" if source else "")
 
     async def main() -> None:
+        stop = _on_signal()
         async with ServerNode(config) as server:
             log.info("server %s up on %s (large model %s)", config.node_id, config.broker, server.learner.model_name)
-            await _until_signalled()
+            await _until_signalled(stop=stop)
+        log.info("server %s stopped", config.node_id)
 
     run_async(main())
     return 0
@@ -282,6 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("hostile", help="attack a real federation (Mosquitto, server, clients) with every class "
+                                       "of bad input; print classes -> counts")
+    p.add_argument("--clients", type=int, default=3)
+    p.add_argument("--flood-ids", type=int, default=10_000, help="made-up client ids in the flood class")
+    p.add_argument("--workdir", help="where configs and logs go (default: a temp dir)")
+    p.add_argument("--json", help="write the result here")
+    p.set_defaults(func=cmd_hostile)
 
     p = sub.add_parser("robustness", help="robust vs mean fusion with adversarial clients (in-process)")
     from koala_async.tools.bench.robustness import add_arguments as robustness_arguments
