@@ -13,7 +13,12 @@ decisions; it does no I/O, starts no task and imports no asyncio, torch or aiomq
    fuses and trains, and :meth:`ServerState.published` records the new version and each arrival's
    latency from acceptance to publication.
 
-A status message goes to :meth:`ServerState.on_status`, which keeps bounded presence per client.
+A status message goes to :meth:`ServerState.on_status`, which keeps presence per client while it is
+around: a client that leaves (goodbye ``online=false state=left``) or is lost (its last will,
+``state=lost``) is forgotten here and queued as a *departure*, which the learn loop takes
+(:meth:`ServerState.take_departures`) and hands to the learner with its next batch, so its
+contribution to the fused targets goes too (the learner thread owns the fusion; the event loop never
+touches it). Memory follows the clients present, not every client ever seen.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ Gate = Callable[[Any], str]
 STALENESS_BUCKETS = 32  # staleness histogram: "0".."31" and "32+"
 MAX_LISTED_CLIENTS = 1_000  # per-client maps in the status (decodable: msgpack maps <= 4096 keys)
 MAX_PRESENCE = 100_000  # clients whose presence is remembered; the longest-offline are forgotten first
+DEPARTED = ("left", "lost")  # the states of a client that is gone: its goodbye, its last will
 
 
 class Arrival(NamedTuple):
@@ -106,6 +112,7 @@ class ServerState:
         self.in_flight = 0  # taken by the learner, not yet published: still "pending" to observers
         self.presence: OrderedDict[str, Presence] = OrderedDict()  # least recently heard from first
         self.online_count = 0
+        self.departures: dict[str, None] = {}  # gone since the learner last took them (ordered set)
         # (published at, seconds from acceptance to the publication of the version that fused it)
         self.fuse_latency: deque[tuple[float, float]] = deque(maxlen=20_000)
         self.dirty = False  # counters moved since the last checkpoint
@@ -169,13 +176,25 @@ class ServerState:
             return False
         tier = status.info.get("tier") if isinstance(status.info, dict) else None
         old = self.presence.pop(status.sender, None)
+        self.online_count -= int(old.online if old else False)
+        if not status.online and status.state in DEPARTED:
+            self.departures[status.sender] = None
+            while len(self.departures) > MAX_PRESENCE:  # never taken (no learning): the oldest go
+                del self.departures[next(iter(self.departures))]
+            return old is not None
+        self.departures.pop(status.sender, None)  # back before the learner took its departure
         self.presence[status.sender] = Presence(status.online, status.state[:64],
                                                 tier[:64] if isinstance(tier, str) else None, now)
-        self.online_count += int(status.online) - int(old.online if old else False)
+        self.online_count += int(status.online)
         while len(self.presence) > MAX_PRESENCE:
             _, gone = self.presence.popitem(last=False)
             self.online_count -= int(gone.online)
         return old is None or old.online != status.online or old.state != status.state
+
+    def take_departures(self) -> list[str]:
+        """The clients that left or were lost since the last call, oldest first (for the learner)."""
+        gone, self.departures = list(self.departures), {}
+        return gone
 
     def available(self) -> set[str]:
         """Clients that can take part in a round: online and not done."""

@@ -12,6 +12,10 @@ is counted; ``capture`` (on the event loop, so no arrival slips in half-way) sta
 segment and snapshots the counters; ``write`` (in a thread) adds the learner's state, replaces the
 checkpoint and drops the journal segments it covers; ``load`` restores the checkpoint and replays the
 journal after it on start.
+
+Beside the checkpoint, ``best_model.safetensors`` holds the weights of the best version on validation
+(:mod:`koala_async.learning.evaluation`), rewritten when a better one is reached, with its version and
+its validation and test accuracy in the metadata: the model to deploy, whatever the last version is.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from koala_async.io.durable import Journal, atomic_write
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
+BEST_MODEL = "best_model.safetensors"
 FORMAT = 2
 _META_KEY = "koala"
 
@@ -121,6 +126,7 @@ class ServerStore:
         self._write_lock = threading.Lock()
         self._written_from = 0
         self._journal_from = 0
+        self._best_written: int | None = None  # version of the weights in best_model.safetensors
 
     def load(self, state: Any, learner: Any, identity: dict[str, str]) -> tuple[list[bytes], list[bytes], dict]:
         """Restore a checkpoint (if any) into ``state`` and ``learner`` (blocking). Returns the envelopes
@@ -201,10 +207,26 @@ class ServerStore:
         with self._write_lock:
             if captured["journal_from"] < self._written_from:
                 return  # a later capture is already on disk; this one would roll it back
-            save_state(self.path, {**captured, "learner": learner.state()})
+            learned = learner.state()
+            save_state(self.path, {**captured, "learner": learned})
             self._written_from = captured["journal_from"]
             self.journal.drop_before(captured["journal_from"])
+            self._export_best(learned.get("scores"), captured.get("identity", {}).get("model_name", ""))
         log.debug("checkpoint at version %d (%d accepted)", captured["version"], captured["metrics"]["accepted"])
+
+    def _export_best(self, scores: dict[str, Any] | None, model_name: str) -> None:
+        """Write the best version's weights when they are newer than the file (under the write lock)."""
+        if not scores or scores.get("best") is None or scores.get("best_weights") is None:
+            return
+        version, validation, test = scores["best"]
+        if version == self._best_written:
+            return
+        from safetensors.torch import save
+
+        meta = {"version": str(version), "validation_accuracy": repr(validation), "test_accuracy": repr(test),
+                "model": model_name}
+        atomic_write(self.directory / BEST_MODEL, save(dict(scores["best_weights"]), metadata=meta))
+        self._best_written = version
 
     def close(self) -> None:
         if self.journal is not None:

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from koala_async.core.fusion import FusionConfig
 from koala_async.core.modes import DEFAULT_MODE, Mode
@@ -13,6 +14,28 @@ from koala_async.core.staleness import StalenessPolicy
 from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import check_id
 from koala_async.core.trust import TrustConfig
+
+DEFAULT_VALIDATION_FRACTION = 0.1  # half of the default held-out 0.2
+
+
+def check_split_fractions(test: float, validation: float, proxy: float) -> None:
+    """The fractions :func:`koala_async.learning.data.split` takes, checked before any data is read."""
+    if not (0 < test < 1 and 0 < proxy < 1 and test + proxy < 1):
+        raise ValueError("test_fraction and proxy_fraction must be in (0, 1) and sum below 1")
+    if not 0 <= validation < test:
+        raise ValueError(f"validation_fraction {validation} must be in [0, test_fraction={test}): "
+                         "validation is carved from the held-out part")
+
+
+def one_temperature(temperature: float, fusion: FusionConfig) -> FusionConfig:
+    """The fusion's config at the server's temperature: left at its default it follows the server's;
+    set to another value it is refused (a federation distills at one temperature)."""
+    if fusion.temperature == temperature:
+        return fusion
+    if fusion.temperature != FusionConfig.temperature:
+        raise ValueError(f"fusion.temperature {fusion.temperature} differs from temperature {temperature}: "
+                         "a federation has one temperature; set only the server's temperature")
+    return replace(fusion, temperature=temperature)
 
 
 @dataclass(frozen=True)
@@ -27,15 +50,19 @@ class ServerConfig:
     mode: Mode = DEFAULT_MODE  # async | sync | fedavg (core/modes.py)
     round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
     round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
-    # Data: a dataset name from which proxy and test splits are derived (as clients derive shards),
-    # or explicit .npz files.
+    # Data: a dataset name from which proxy, validation and test splits are derived (as clients derive
+    # shards), or explicit .npz files. Validation is carved from the held-out test_fraction: every
+    # choice (the best version) is taken on it; the test split is only reported.
     dataset: str = "digits"
     seed: int = 0
     test_fraction: float = 0.2
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
     proxy_fraction: float = 0.25
     proxy_path: str | None = None
     test_path: str | None = None
     large_model: str | None = None
+    # The federation's one distillation temperature: the server's fusion and distillation use it, and
+    # it travels in the knowledge to every client's forward distillation (fusion.temperature follows it).
     temperature: float = 3.0
     lr: float = 1e-3
     batch_size: int = 64
@@ -57,6 +84,9 @@ class ServerConfig:
     accepted_tiers: tuple[str, ...] = ()
     staleness: StalenessPolicy = field(default_factory=StalenessPolicy)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    # Forgetting: a client that sent nothing for this many versions loses its contribution to the
+    # fused targets (one that leaves, or whose last will arrives, loses it at the next version).
+    max_silent_versions: int = 50
     trust: TrustConfig = field(default_factory=TrustConfig)  # per-tier trust (docs/heterogeneous.md)
     status_interval: float = 2.0
     max_payload_bytes: int = 8 * 1024 * 1024
@@ -95,6 +125,12 @@ class ServerConfig:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
         if self.round_timeout <= 0 or self.round_min_clients < 1:
             raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature {self.temperature} must be a finite number > 0")
+        if self.max_silent_versions < 1:
+            raise ValueError("max_silent_versions must be >= 1")
+        check_split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction)
+        object.__setattr__(self, "fusion", one_temperature(self.temperature, self.fusion))
 
 
 
@@ -130,6 +166,7 @@ class ClientConfig:
     num_shards: int = 1
     alpha: float = 0.5
     test_fraction: float = 0.2
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION  # the server's (see ServerConfig)
     proxy_fraction: float = 0.25
     tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
     profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
@@ -138,7 +175,9 @@ class ClientConfig:
     max_updates: int = 0  # 0 = keep contributing until stopped
     interval: float = 1.0  # seconds between trainings (with +-50% jitter)
     proxy_subset: float = 1.0  # share of proxy samples to publish logits for per update
-    send_label_counts: bool = True
+    # The class histogram of the private data, sent with each update. Off: private metadata a
+    # logit-only federation does not need, and mean fusion was no better with it (docs/fusion.md).
+    send_label_counts: bool = False
     slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
     threads: int = 1
     username: str | None = None
@@ -189,6 +228,7 @@ class ClientConfig:
         if self.keepalive < 1:
             raise ValueError("keepalive must be >= 1 second")
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        check_split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction)
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 

@@ -31,6 +31,7 @@ from koala_async.core.weights import check_weights
 
 if TYPE_CHECKING:
     from koala_async.learning.models import InputSpec
+    from koala_async.learning.standardize import Standardizer
     from koala_async.nodes.client_inputs import ClientInputs
     from koala_async.nodes.config import ClientConfig
 
@@ -51,6 +52,9 @@ class DistillTask:
         self.changed = asyncio.Event()  # set on every new version
         self.last_loss = float("nan")
         self._rng = random.Random(f"{config.seed}-{config.node_id}-ids")
+        self._inputs: ClientInputs | None = None  # where its shard came from (the split check)
+        self._checked: tuple[str, str] | None = None  # (server split fingerprint, refusal) last worked out
+        self._scale: tuple[str, Standardizer | None] | None = None  # (proxy id, its statistics)
 
     def subscriptions(self) -> tuple[str, ...]:
         return (self.topics.proxy, self.topics.knowledge)
@@ -70,6 +74,7 @@ class DistillTask:
         return self.config.mode.rounds or (self.knowledge is not None and self.knowledge.mode != "async")
 
     def take(self, topic: str, message: Message, inputs: ClientInputs) -> str | None:
+        self._inputs = inputs
         if topic == self.topics.proxy and isinstance(message, ProxySet):
             problem = inputs.adopt_proxy(message)
             if problem:
@@ -83,6 +88,27 @@ class DistillTask:
             self.changed.set()
             return None
         return "wrong_kind"
+
+    def refusal(self) -> str:
+        """Why this client must not train now ("" if it may): its shard was derived from another split
+        than the server's (blocking the first time per server split: see learning/split_guard.py)."""
+        knowledge, inputs = self.knowledge, self._inputs
+        server = knowledge.split if knowledge is not None else None
+        if server is None or inputs is None:
+            return ""
+        if self._checked is None or self._checked[0] != server.fingerprint:
+            from koala_async.learning.split_guard import refusal
+
+            self._checked = (server.fingerprint, refusal(server, inputs.split, inputs.dataset_ids))
+        return self._checked[1]
+
+    def standardizer(self, proxy: ProxySet) -> Standardizer | None:
+        """The proxy set's feature statistics (vectors only), as the server computes them."""
+        if self._scale is None or self._scale[0] != proxy.proxy_id:
+            from koala_async.learning.standardize import Standardizer
+
+            self._scale = (proxy.proxy_id, Standardizer.fit(proxy.inputs.astype(np.float32)))
+        return self._scale[1]
 
     def setup(self, spec: InputSpec, resources: ResourceSnapshot, samples_per_epoch: int) -> None:
         """Choose the tier and build the small model (blocking; once the input spec is known)."""
@@ -127,20 +153,23 @@ class DistillTask:
     def train(self, x: np.ndarray, y: np.ndarray, label_counts: np.ndarray | None,
               stop: threading.Event) -> Update:
         from koala_async.learning.distill import predict_logits
+        from koala_async.learning.standardize import model_inputs
 
         cfg, proxy, knowledge = self.config, self.proxy, self.knowledge
         assert proxy is not None and self.tier is not None
-        teacher, base_version = None, 0
+        teacher, base_version, temperature = None, 0, None
         if knowledge is not None and knowledge.proxy_id == proxy.proxy_id:
-            base_version = knowledge.version
+            base_version, temperature = knowledge.version, knowledge.temperature  # the server's T
             if knowledge.logits is not None and len(knowledge.logits) == len(proxy.inputs):
                 teacher = knowledge.logits
         ids = None
         if cfg.proxy_subset < 1:
             count = max(1, int(round(len(proxy.inputs) * cfg.proxy_subset)))
             ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
-        px = proxy.inputs.astype(np.float32)
-        self.last_loss = self.trainer.train(x, y, px, teacher, stop=stop)
+        scale = self.standardizer(proxy)  # vectors: by the proxy set's statistics, as the server does
+        px = model_inputs(proxy.inputs.astype(np.float32), scale)
+        self.last_loss = self.trainer.train(model_inputs(x, scale), y, px, teacher, stop=stop,
+                                            temperature=temperature)
         logits = predict_logits(self.trainer.model, px if ids is None else px[ids]).astype(np.float16)
         return Update(sender=cfg.node_id, seq=0, base_version=base_version, tier=self.tier, n_samples=len(y),
                       proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids, sent_at=time.time(),
@@ -193,6 +222,9 @@ class AveragingTask:
         return self.global_model.base_version if self.global_model is not None else None
 
     in_rounds = True
+
+    def refusal(self) -> str:
+        return ""  # the global model carries no split to check against
 
     def take(self, topic: str, message: Message, inputs: ClientInputs) -> str | None:
         if topic != self.topics.model or not isinstance(message, Weights):

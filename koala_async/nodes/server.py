@@ -237,7 +237,7 @@ class ServerNode:
         """Learn from ``batch``, then make the next version durable and publish it."""
         started = time.perf_counter()
         await asyncio.to_thread(self.learner.advance, batch.arrivals, self.state.version, batch.steps,
-                                self._stop)
+                                self._stop, self.state.take_departures())
         self.state.metrics.distill_seconds += time.perf_counter() - started
         version = self.state.version + 1
         if self.store is not None:
