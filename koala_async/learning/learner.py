@@ -107,7 +107,7 @@ def load_server_data(config: ServerConfig, standardize: bool = True) -> ServerDa
         proxy = datasets.load_npz(config.proxy_path, num_classes=test.spec.num_classes, labeled=False)
     else:
         splits = datasets.derive(config.dataset, config.seed, config.test_fraction, config.proxy_fraction,
-                                 config.validation_fraction)
+                                 config.validation_fraction or 0.0)
         proxy, test, validation = splits.proxy, splits.test, splits.validation
         split = splits.spec
         if config.proxy_path:

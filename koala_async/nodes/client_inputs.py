@@ -49,7 +49,7 @@ class ClientInputs:
         else:
             assert cfg.dataset is not None
             fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
-                                    cfg.proxy_fraction, cfg.validation_fraction)
+                                    cfg.proxy_fraction, cfg.validation_fraction or 0.0)
             self.split, self.dataset_ids = fed.splits.spec, fed.dataset_ids(cfg.shard)
             data = fed.client(cfg.shard)
         return data.x, data.y, data.spec.num_classes

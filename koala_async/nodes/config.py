@@ -15,16 +15,17 @@ from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import check_id
 from koala_async.core.trust import TrustConfig
 
-DEFAULT_VALIDATION_FRACTION = 0.1  # half of the default held-out 0.2
-
-
-def check_split_fractions(test: float, validation: float, proxy: float) -> None:
-    """The fractions :func:`koala_async.learning.data.split` takes, checked before any data is read."""
+def split_fractions(test: float, validation: float | None, proxy: float) -> float:
+    """The validation fraction (unset: half the held-out ``test_fraction``), once the fractions
+    :func:`koala_async.learning.data.split` takes are checked, before any data is read."""
     if not (0 < test < 1 and 0 < proxy < 1 and test + proxy < 1):
         raise ValueError("test_fraction and proxy_fraction must be in (0, 1) and sum below 1")
+    if validation is None:
+        return test / 2
     if not 0 <= validation < test:
         raise ValueError(f"validation_fraction {validation} must be in [0, test_fraction={test}): "
                          "validation is carved from the held-out part")
+    return validation
 
 
 def one_temperature(temperature: float, fusion: FusionConfig) -> FusionConfig:
@@ -56,7 +57,7 @@ class ServerConfig:
     dataset: str = "digits"
     seed: int = 0
     test_fraction: float = 0.2
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION
+    validation_fraction: float | None = None  # unset: half of test_fraction
     proxy_fraction: float = 0.25
     proxy_path: str | None = None
     test_path: str | None = None
@@ -129,7 +130,8 @@ class ServerConfig:
             raise ValueError(f"temperature {self.temperature} must be a finite number > 0")
         if self.max_silent_versions < 1:
             raise ValueError("max_silent_versions must be >= 1")
-        check_split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction)
+        object.__setattr__(self, "validation_fraction",
+                           split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
         object.__setattr__(self, "fusion", one_temperature(self.temperature, self.fusion))
 
 
@@ -166,7 +168,7 @@ class ClientConfig:
     num_shards: int = 1
     alpha: float = 0.5
     test_fraction: float = 0.2
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION  # the server's (see ServerConfig)
+    validation_fraction: float | None = None  # the server's (see ServerConfig); unset: half of test_fraction
     proxy_fraction: float = 0.25
     tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
     profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
@@ -228,7 +230,8 @@ class ClientConfig:
         if self.keepalive < 1:
             raise ValueError("keepalive must be >= 1 second")
         object.__setattr__(self, "mode", Mode.parse(self.mode))
-        check_split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction)
+        object.__setattr__(self, "validation_fraction",
+                           split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 

@@ -26,7 +26,7 @@ def local_only(server_cfg: dict[str, Any], client_cfgs: list[dict[str, Any]]) ->
     for raw in client_cfgs:
         cfg = load_into(ClientConfig, raw)
         key = (cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction, cfg.proxy_fraction,
-               cfg.validation_fraction)
+               cfg.validation_fraction or 0.0)
         if key not in cache:
             cache[key] = datasets.federate(*key)
         fed = cache[key]

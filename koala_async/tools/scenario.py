@@ -17,7 +17,7 @@ from koala_async.config import find_line, load_into, read_toml
 from koala_async.core.envelope import MODES
 from koala_async.core.splits import SPLIT_KEYS
 from koala_async.errors import ConfigError
-from koala_async.nodes.config import DEFAULT_VALIDATION_FRACTION, check_split_fractions
+from koala_async.nodes.config import split_fractions
 from koala_async.tools.timeline import (
     ACTIONS,
     Event,
@@ -40,7 +40,7 @@ class FederationSpec:
     seed: int = 0
     alpha: float = 0.5
     test_fraction: float = 0.2
-    validation_fraction: float = DEFAULT_VALIDATION_FRACTION  # carved from test_fraction (learning/data.py)
+    validation_fraction: float | None = None  # carved from test_fraction; unset: half of it (learning/data.py)
     proxy_fraction: float = 0.25
     duration: float = 240.0
     settle: float = 3.0
@@ -65,7 +65,8 @@ class FederationSpec:
             raise ValueError("duration must be > 0")
         if self.until not in ("done", "duration"):
             raise ValueError(f"until {self.until!r} is not one of ['done', 'duration']")
-        check_split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction)
+        object.__setattr__(self, "validation_fraction",
+                           split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
 
 
 @dataclass(frozen=True)
