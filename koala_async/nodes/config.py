@@ -15,6 +15,7 @@ from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import check_id
 from koala_async.core.trust import TrustConfig
 
+
 def split_fractions(test: float, validation: float | None, proxy: float) -> float:
     """The validation fraction (unset: half the held-out ``test_fraction``), once the fractions
     :func:`koala_async.learning.data.split` takes are checked, before any data is read."""

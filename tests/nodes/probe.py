@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -13,10 +13,18 @@ from koala_async.core.envelope import Knowledge, Update, decode, encode
 from koala_async.core.topics import Topics
 from koala_async.io.base import Incoming, LinkOptions
 from koala_async.io.memory import MemoryBroker, MemoryTransport
+from koala_async.learning.distill_learner import DistillLearner
 from koala_async.nodes.common import status_payload
+from koala_async.nodes.server import ServerNode
 
 TOPICS = Topics("default")
 _seq = itertools.count(int(time.time() * 1000))  # clock-based, as nodes number their messages
+
+
+def distill_learner(server: ServerNode) -> DistillLearner:
+    """The server's learner, typed (these tests run KOALA's)."""
+    assert isinstance(server.learner, DistillLearner)
+    return server.learner
 
 
 class Probe:
@@ -35,12 +43,12 @@ class Probe:
             assert isinstance(message, Knowledge)
             self.knowledge[message.version] = message
 
-    async def __aenter__(self) -> Probe:
+    async def __aenter__(self) -> Self:
         await self.link.__aenter__()
         await self.link.wait_connected(5)
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.link.__aexit__(*exc)
 
     async def update(self, sender: str, learner: Any, base_version: int, logits: np.ndarray,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from probe import Probe
+from probe import Probe, distill_learner
 from safetensors import safe_open
 from waiting import wait_for
 
@@ -35,10 +35,13 @@ async def test_the_best_version_is_reported_beside_the_last_and_its_weights_expo
     bad = np.eye(10)[(proxy_y + 1) % 10] * 6.0  # every label moved by one
     broker = MemoryBroker()
     async with ServerNode(config, transport=broker.factory) as server, Probe(broker) as probe:
-        learner = server.learner
+        learner = distill_learner(server)
         for version, logits in enumerate([good] * 2 + [bad] * 3):
             await probe.update("teacher", learner, version, logits)
-            await wait_for(lambda v=version: server.version == v + 1, 30, f"version {version + 1}")
+            def published(v: int = version + 1) -> bool:
+                return server.version == v
+
+            await wait_for(published, 30, f"version {version + 1}")
         snapshot = server.snapshot()
         validation = learner.data.validation
     assert validation is not None and len(validation) == pytest.approx(180, abs=5)

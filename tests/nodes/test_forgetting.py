@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from probe import Probe
+from probe import Probe, distill_learner
 from waiting import wait_for
 
 from koala_async.io.memory import MemoryBroker
@@ -20,7 +20,7 @@ CONFIG = ServerConfig(large_model="image-small", distill_steps=2, max_silent_ver
 async def test_goodbye_last_will_and_silence_drop_contributions() -> None:
     broker = MemoryBroker()
     async with ServerNode(CONFIG, transport=broker.factory) as server, Probe(broker) as probe:
-        learner = server.learner
+        learner = distill_learner(server)
         logits = np.random.default_rng(0).normal(0, 1, (len(learner.proxy_x), 10))
 
         async def contribute(sender: str) -> None:

@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 import torch
+from probe import distill_learner
 from waiting import wait_for
 
 from koala_async.config import load_into
+from koala_async.core.modes import Mode
 from koala_async.core.tiering import TierPolicy
 from koala_async.errors import ConfigError
 from koala_async.io.memory import MemoryBroker
@@ -34,8 +36,8 @@ async def test_a_client_distills_at_the_server_temperature(monkeypatch: pytest.M
     monkeypatch.setattr(distill, "kd_loss", spy)
     broker = MemoryBroker()
     # sync: the client trains once per version, so its second training has the knowledge of version 1
-    server_config = ServerConfig(mode="sync", temperature=1.5, large_model="image-small", distill_steps=5)
-    client_config = ClientConfig(node_id="c0", mode="sync", max_updates=2, interval=0.01, tier="image-tiny",
+    server_config = ServerConfig(mode=Mode.SYNC, temperature=1.5, large_model="image-small", distill_steps=5)
+    client_config = ClientConfig(node_id="c0", mode=Mode.SYNC, max_updates=2, interval=0.01, tier="image-tiny",
                                  train=TrainSettings(epochs=1), tier_policy=TierPolicy(high_load=1e3, defer_load=1e3))
     async with ServerNode(server_config, transport=broker.factory) as server, \
             ClientNode(client_config, transport=broker.factory) as client:
@@ -44,7 +46,7 @@ async def test_a_client_distills_at_the_server_temperature(monkeypatch: pytest.M
     assert client.knowledge is not None and client.knowledge.temperature == 1.5  # carried in the knowledge
     clients = [t for who, t in used if who == "LocalTrainer"]
     assert clients and set(clients) == {1.5}, used  # forward distillation: the server's T, not 3.0
-    assert server.learner.fusion.config.temperature == 1.5  # the fusion follows the server's
+    assert distill_learner(server).fusion.config.temperature == 1.5  # the fusion follows the server's
     assert {t for who, t in used if who == "Distiller"} == {1.5}
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from probe import Probe
+from probe import Probe, distill_learner
 from waiting import wait_for
 
 from koala_async.core.staleness import StalenessPolicy
@@ -33,11 +33,14 @@ async def knowledge_movement(last_base: int) -> tuple[np.ndarray, float, int]:
     """(knowledge at version 3, how far version 4 moved from it, steps version 4 distilled)."""
     broker = MemoryBroker()
     async with ServerNode(CONFIG, transport=broker.factory) as server, Probe(broker) as probe:
-        learner = server.learner
+        learner = distill_learner(server)
         logits = np.random.default_rng(7).normal(0, 3, (len(learner.proxy_x), 10))
         for version in range(STALENESS):  # warm-up: fresh updates, one version each
             await probe.update("c0", learner, version, logits)
-            await wait_for(lambda v=version: v + 1 in probe.knowledge, 20, f"version {version + 1}")
+            def published(v: int = version + 1) -> bool:
+                return v in probe.knowledge
+
+            await wait_for(published, 20, f"version {version + 1}")
         before = learner.distiller.steps_done
         await probe.update("c0", learner, last_base, logits)  # the only contributor, as before
         await wait_for(lambda: STALENESS + 1 in probe.knowledge, 20, "the measured version")

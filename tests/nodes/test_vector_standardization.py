@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from probe import distill_learner
 from vector_data import write_sensor_csv
 from waiting import wait_for
 
 from koala_async.core.tiering import TierPolicy
 from koala_async.io.memory import MemoryBroker
 from koala_async.nodes.client import ClientConfig, ClientNode, TrainSettings
+from koala_async.nodes.local_training import DistillTask
 from koala_async.nodes.server import ServerConfig, ServerNode
 
 pytestmark = pytest.mark.timeout(90)
@@ -35,8 +37,10 @@ async def test_server_and_clients_standardize_alike_and_the_federation_learns(tm
             transport=broker.factory)) for i in range(2)]
         await wait_for(lambda: server.metrics.accepted == 4 and server.snapshot()["pending"] == 0, 60,
                        "every update fused")
-        ours = server.learner.data.standardizer
-        theirs = [c.task.standardizer(c.proxy) for c in clients]
+        ours = distill_learner(server).data.standardizer
+        tasks = [c.task for c in clients]
+        assert all(isinstance(t, DistillTask) and t.proxy is not None for t in tasks)
+        theirs = [t.standardizer(t.proxy) for t in tasks if isinstance(t, DistillTask) and t.proxy is not None]
     assert ours is not None
     for scale in theirs:  # the same statistics, computed from the same proxy inputs on each side
         assert scale is not None

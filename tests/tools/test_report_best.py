@@ -16,7 +16,7 @@ def test_best_beside_last_and_the_target_reached_on_validation() -> None:
     # (version, validation, test): test crosses 0.8 at version 2, validation only at version 3;
     # version 3 is the best on validation, the last (4) is below it
     for version, val, test in ((1, 0.5, 0.6), (2, 0.7, 0.85), (3, 0.9, 0.88), (4, 0.6, 0.86)):
-        best = 3 if version >= 3 else version
+        best = min(3, version)
         info = {"version": version, "test_accuracy": test, "validation_accuracy": val, "best_version": best,
                 "best_validation_accuracy": max(v for v in (0.5, 0.7, 0.9)[:best]),
                 "best_test_accuracy": (0.6, 0.85, 0.88)[best - 1], "last_below_best": version == 4}
