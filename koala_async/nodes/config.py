@@ -68,7 +68,9 @@ class ServerConfig:
     temperature: float = 3.0
     lr: float = 1e-3
     batch_size: int = 64
-    distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
+    # per fresh arrival fused (up to max(4, buffer_size) arrivals per fusion); an arrival s versions
+    # stale buys distill_steps * w(s) of them (core/staleness.py damped_steps: FedAsync damping)
+    distill_steps: int = 40
     buffer_size: int = 1
     # Latency budget: a version's distillation stops after this many seconds (None = run all its
     # steps); what arrived meanwhile fuses into the next version, so arrival-to-published latency
