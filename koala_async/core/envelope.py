@@ -27,6 +27,7 @@ from koala_async.core.arrays import ALLOWED_DTYPES, pack_array, unpack_array
 from koala_async.core.info import InfoLimits, check_info, fit_info
 from koala_async.core.proxy_manifest import KIND_CHUNK, KIND_MANIFEST, ProxyChunk, ProxyManifest
 from koala_async.core.proxy_schedule import unpack_ids
+from koala_async.core.splits import SplitSpec
 from koala_async.errors import MessageError
 
 __all__ = ["ALLOWED_DTYPES", "KINDS", "MODES", "Ack", "Knowledge", "Limits", "Message", "ProxyChunk",
@@ -110,6 +111,9 @@ class Knowledge:
     # Which run of the server published it (core/server_signing.py: (epoch, version) never goes back).
     epoch: int = 0
     ids: np.ndarray | None = None  # (n,) sorted uint32: the scheduled proxy samples; None = all of them
+    # The split the server derived its proxy, validation and test sets with (core/splits.py): a client
+    # whose shard was derived otherwise refuses to train. None: explicit files, nothing to check.
+    split: SplitSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -212,6 +216,8 @@ def encode(message: Message) -> bytes:
             body["mode"] = message.mode
         if message.ids is not None:
             body["ids"] = pack_array(message.ids.astype(np.uint32, copy=False))
+        if message.split is not None:
+            body["split"] = message.split.to_map()
         head = _header(KIND_KNOWLEDGE, message.sender, message.seq, message.version, message.sent_at,
                        message.epoch)
     elif isinstance(message, ProxySet):
@@ -322,10 +328,16 @@ def _decode_map(raw: Any, limits: Limits) -> Message:
         mode = body.get("mode", "async")
         if type(mode) is not str or mode not in MODES:
             raise MessageError("bad_field", "knowledge.mode")
+        split = None
+        if body.get("split") is not None:
+            try:
+                split = SplitSpec.from_map(body["split"])
+            except ValueError as exc:
+                raise MessageError("bad_field", f"knowledge.{exc}") from None
         return Knowledge(sender=sender, seq=seq, version=base, proxy_id=_get(body, "proxy", str, kind),
                          num_classes=classes, temperature=float(temperature), logits=k_logits,
                          accepted_tiers=tuple(tiers), sent_at=float(sent_at), mode=mode, epoch=epoch,
-                         ids=k_ids)
+                         ids=k_ids, split=split)
     if kind == KIND_WEIGHTS:
         return _decode_weights(body, sender, seq, base, float(sent_at), epoch, limits)
     if kind == KIND_PROXY:

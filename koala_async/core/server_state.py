@@ -30,6 +30,12 @@ ten thousand): presence keeps at most ``MAX_PRESENCE`` clients, the accepted cou
 most ``MAX_COUNTED_CLIENTS`` (updates from later ones are counted in ``accepted_uncounted``), and the online and
 available sets are kept up to date as statuses arrive, so :meth:`ServerState.snapshot` (every
 heartbeat, on the event loop) and :meth:`ServerState.available` never walk the clients.
+
+Presence is kept per client while it is around: a client that leaves (goodbye ``online=false state=left``) or is lost (its last will,
+``state=lost``) is forgotten here and queued as a *departure*, which the learn loop takes
+(:meth:`ServerState.take_departures`) and hands to the learner with its next batch, so its
+contribution to the fused targets goes too (the learner thread owns the fusion; the event loop never
+touches it). Memory follows the clients present, not every client ever seen.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ MAX_LISTED_CLIENTS = 200
 MAX_LISTED_ONLINE = 64
 MAX_PRESENCE = 100_000  # clients whose presence is remembered; the least recently heard from are forgotten
 MAX_COUNTED_CLIENTS = 100_000  # clients whose accepted updates are counted one by one
+DEPARTED = ("left", "lost")  # the states of a client that is gone: its goodbye, its last will
 
 
 class Arrival(NamedTuple):
@@ -153,6 +160,7 @@ class ServerState:
         self.idle: set[str] = set()  # online and not done: who a round can select (see available())
         # seconds from acceptance to the publication of the version that fused it (core/latency.py)
         self.fuse_latency = LatencyStats(latency_window)
+        self.departures: dict[str, None] = {}  # gone since the learner last took them (ordered set)
         self.dirty = False  # counters moved since the last checkpoint
 
     # -- updates -------------------------------------------------------------------------------
@@ -274,6 +282,15 @@ class ServerState:
             return False
         tier = status.info.get("tier") if isinstance(status.info, dict) else None
         old = self.presence.pop(status.sender, None)
+        if not status.online and status.state in DEPARTED:
+            self._index(status.sender, False, "")
+            if self.listener is not None:
+                self.listener.online(len(self.online))
+            self.departures[status.sender] = None
+            while len(self.departures) > MAX_PRESENCE:  # never taken (no learning): the oldest go
+                del self.departures[next(iter(self.departures))]
+            return old is not None
+        self.departures.pop(status.sender, None)  # back before the learner took its departure
         self.presence[status.sender] = Presence(status.online, status.state[:64],
                                                 tier[:64] if isinstance(tier, str) else None, now)
         self._index(status.sender, status.online, status.state)
@@ -297,6 +314,11 @@ class ServerState:
     @property
     def online_count(self) -> int:
         return len(self.online)
+
+    def take_departures(self) -> list[str]:
+        """The clients that left or were lost since the last call, oldest first (for the learner)."""
+        gone, self.departures = list(self.departures), {}
+        return gone
 
     def available(self) -> set[str]:
         """Clients that can take part in a round: online and not done (a copy)."""

@@ -10,13 +10,23 @@ built on. The policies are the ones studied for asynchronous FL:
 An update with ``s > max_staleness`` is dropped with reason ``stale``.
 
 The weight enters the fusion exactly once: a contribution built on version ``b`` weighs
-``base * w(v - b)`` at server version ``v`` (``w(s)`` at arrival, decaying afterwards), and the
-server scales how far one arrival moves the large model by ``w(s)`` (``Fusion.step_scale``). Base
+``base * w(v - b)`` at server version ``v`` (``w(s)`` at arrival, decaying afterwards). Base
 weights never include ``w``; see :mod:`koala_async.core.fusion`.
+
+**Damping** (FedAsync's ``alpha_t = alpha * w(s)``). The fused targets are normalised, so a weight
+alone cannot make a stale arrival count less when it is the only contributor. What it moves is the
+large model, and that is damped: the pacing grants a batch of ``n`` arrivals ``steps =
+distill_steps * min(n, cap)`` distillation steps, and the batch distills for::
+
+    damped_steps = max(1, round(steps * mean_i w(s_i)))      (s_i = v - b_i when the batch is fused)
+
+i.e. each arrival buys ``distill_steps * w(s_i)`` steps at the same learning rate: a fresh arrival
+the full ``distill_steps``, one 8 versions stale under ``(1+s)^-0.5`` a third of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 POLICIES = ("constant", "polynomial", "hinge")
@@ -49,3 +59,11 @@ class StalenessPolicy:
 
     def accepts(self, staleness: int) -> bool:
         return 0 <= staleness <= self.max_staleness
+
+
+def damped_steps(steps: int, scales: Sequence[float]) -> int:
+    """The distillation steps a batch earns once each arrival's share is damped by its ``w(s)``
+    (``scales``): ``max(1, round(steps * mean(scales)))``; 0 when ``steps`` is 0 or nothing arrived."""
+    if steps <= 0 or not scales:
+        return 0
+    return max(1, round(steps * sum(scales) / len(scales)))

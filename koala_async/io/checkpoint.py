@@ -14,6 +14,10 @@ new journal segment and snapshots the counters, copying nothing per client (the 
 frozen, copy on write); ``write`` (in a thread) adds the learner's state, replaces the
 checkpoint and drops the journal segments it covers; ``load`` restores the checkpoint and replays the
 journal after it on start.
+
+Beside the checkpoint, ``best_model.safetensors`` holds the weights of the best version on validation
+(:mod:`koala_async.learning.evaluation`), rewritten when a better one is reached, with its version and
+its validation and test accuracy in the metadata: the model to deploy, whatever the last version is.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.safetensors"
 LEGACY_CHECKPOINT = "checkpoint.pt"  # format 1: a torch.save pickle, never loaded (it could run code)
+BEST_MODEL = "best_model.safetensors"
 FORMAT = 2
 _META_KEY = "koala"
 
@@ -124,6 +129,7 @@ class ServerStore:
         self._write_lock = threading.Lock()
         self._written_from = 0
         self._journal_from = 0
+        self._best_written: int | None = None  # version of the weights in best_model.safetensors
 
     def load(self, state: Any, learner: Any, identity: dict[str, str]) -> tuple[list[bytes], list[bytes], dict]:
         """Restore a checkpoint (if any) into ``state`` and ``learner`` (blocking). Returns the envelopes
@@ -223,12 +229,28 @@ class ServerStore:
             # walked entry by entry into the skeleton, they cost a GIL-holding half second a version.
             seen = captured["seen"]
             metrics = {**captured["metrics"], "accepted_by_client": _blob(captured["metrics"]["accepted_by_client"])}
+            learned = learner.state()
             save_state(self.path, {**captured, "metrics": metrics,
                                    "seen": _blob(seen.to_state() if hasattr(seen, "to_state") else seen),
-                                   "learner": learner.state()})
+                                   "learner": learned})
             self._written_from = captured["journal_from"]
             self.journal.drop_before(captured["journal_from"])
+            self._export_best(learned.get("scores"), captured.get("identity", {}).get("model_name", ""))
         log.debug("checkpoint at version %d (%d accepted)", captured["version"], captured["metrics"]["accepted"])
+
+    def _export_best(self, scores: dict[str, Any] | None, model_name: str) -> None:
+        """Write the best version's weights when they are newer than the file (under the write lock)."""
+        if not scores or scores.get("best") is None or scores.get("best_weights") is None:
+            return
+        version, validation, test = scores["best"]
+        if version == self._best_written:
+            return
+        from safetensors.torch import save
+
+        meta = {"version": str(version), "validation_accuracy": repr(validation), "test_accuracy": repr(test),
+                "model": model_name}
+        atomic_write(self.directory / BEST_MODEL, save(dict(scores["best_weights"]), metadata=meta))
+        self._best_written = version
 
     def close(self) -> None:
         if self.journal is not None:

@@ -4,14 +4,17 @@ Clients train the server's large architecture from the current global weights an
 float32 weights (:class:`~koala_async.core.envelope.Weights`). Each is checked against the
 architecture's layout, the round, the sender and duplicates
 (:func:`~koala_async.core.weights.admit_weights`); a round's weights are averaged by ``n_samples``
-(:func:`~koala_async.core.weights.weighted_average`), evaluated on the held-out test split, and
-published retained on ``koala/<federation>/server/model``. The baseline keeps no checkpoints.
+(:func:`~koala_async.core.weights.weighted_average`), evaluated on the validation and test splits
+(:mod:`koala_async.learning.evaluation`; the best on validation is kept), and published retained on
+``koala/<federation>/server/model``. The baseline keeps no checkpoints. Its clients never see the
+proxy set, so vector inputs are not standardized in this mode (on either side).
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,26 +37,27 @@ class AveragingLearner:
         self.topics = topics
         self.next_seq = next_seq
         self.model_name = ""
-        self.test_accuracy = float("nan")
         self.lock = threading.Lock()
 
     def prepare(self) -> None:
         from koala_async.learning.models import build_model, default_large
 
         cfg = self.config
-        self.data = load_server_data(cfg)
+        from koala_async.learning.evaluation import VersionScores
+
+        self.data = load_server_data(cfg, standardize=False)
         self.model_name = cfg.large_model or default_large(self.data.spec.kind)
         # The same architecture and seed as KOALA's large model.
         self.model = build_model(self.model_name, self.data.spec, seed=cfg.seed)
         self.layout = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
-        self.test_accuracy = self.evaluate()
+        self.scores = VersionScores(self.data.validation, self.data.test)
+        self.scores.evaluate(self.model, 0)
         self._payload_version = -1
         self._weights: Weights | None = None
 
-    def evaluate(self) -> float:
-        from koala_async.learning.distill import accuracy
-
-        return accuracy(self.model, self.data.test.x, self.data.test.y)
+    @property
+    def test_accuracy(self) -> float:
+        return self.scores.test_accuracy
 
     def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow,
               now_ms: int | None = None) -> Decision | None:
@@ -61,7 +65,8 @@ class AveragingLearner:
             return None
         return admit_weights(message, topic_sender, version, self.model_name, self.layout, seen, now_ms)
 
-    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
+    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event,
+                departed: Sequence[str] = ()) -> None:
         import torch
 
         if not batch:  # a round too small to aggregate: the same weights become the next round
@@ -69,7 +74,7 @@ class AveragingLearner:
         averaged = weighted_average([(a.message.params, float(a.message.n_samples)) for a in batch])
         with self.lock:
             self.model.load_state_dict({k: torch.from_numpy(v) for k, v in averaged.items()})
-            self.test_accuracy = self.evaluate()
+            self.scores.evaluate(self.model, version + 1)
 
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
         if self._weights is None or self._payload_version != version:
@@ -85,7 +90,7 @@ class AveragingLearner:
         return ()  # FedAvg has no proxy set
 
     def snapshot(self) -> dict[str, Any]:
-        return {"large_model": self.model_name, "test_accuracy": self.test_accuracy}
+        return {"large_model": self.model_name, **self.scores.snapshot()}
 
     def identity(self) -> dict[str, str]:
         return {"model_name": self.model_name}

@@ -8,9 +8,13 @@ batches read from disk. Nothing is ever downloaded. Inputs are float32; images a
 (:func:`as_pixels`) recovers exact uint8 pixels where the scaling is lossless, and
 :func:`load_proxy` reads one from a file or a dataset name as a client's ``proxy_path``.
 
-A federation derives its splits deterministically from ``(dataset, seed)``: a held-out *test* split
-that no client and no proxy sample touches, a *proxy* split whose labels nobody uses, and a *private*
-pool that is partitioned among clients with a Dirichlet over labels (smaller alpha = more skew).
+A federation derives its splits deterministically from ``(dataset, seed, fractions)``: a held-out
+labeled part on the server that no client and no proxy sample touches (``test_fraction`` of the data:
+a *validation* split, ``validation_fraction`` of the data, that every choice the server makes is taken
+on, and the *test* split, only ever reported), a *proxy* split whose labels nobody uses, and a
+*private* pool that is partitioned among clients with a Dirichlet over labels (smaller alpha = more
+skew). :func:`derive` names the result with a :class:`~koala_async.core.splits.SplitSpec` so nodes can
+check they derived the same one.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from __future__ import annotations
 import gzip
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from koala_async.core.proxy_manifest import array_bytes, content_id
+from koala_async.core.splits import SplitSpec, fingerprint
 from koala_async.errors import DataError
 from koala_async.learning.models import InputSpec
 
@@ -46,6 +51,10 @@ class Splits:
     private: Dataset
     proxy: Dataset  # labels kept only so tests can check that nobody uses them
     test: Dataset
+    validation: Dataset | None = None  # None when validation_fraction is 0
+    # indices into the dataset of each part (core.splits.PARTS), and the derivation's name (derive())
+    parts: dict[str, np.ndarray] | None = None
+    spec: SplitSpec | None = None
 
 
 def proxy_id(x: np.ndarray) -> str:
@@ -276,21 +285,43 @@ def load_dataset(name: str) -> Dataset:
                     "mnist:DIR or cifar10:DIR")
 
 
-def split(data: Dataset, seed: int, test_fraction: float = 0.2, proxy_fraction: float = 0.25) -> Splits:
-    """Stratified three-way split: private pool, proxy, held-out test (disjoint by construction)."""
+def split(data: Dataset, seed: int, test_fraction: float = 0.2, proxy_fraction: float = 0.25,
+          validation_fraction: float = 0.0) -> Splits:
+    """Stratified split: private pool, proxy, and the held-out part (validation, then test), disjoint by
+    construction. Per class, in one seeded permutation: the first ``test_fraction`` is held out (its
+    first ``validation_fraction`` of the data is validation), the next ``proxy_fraction`` is proxy,
+    the rest private. Validation is carved from the held-out part, so proxy and private pool (and every
+    client's shard) are those of ``validation_fraction = 0``."""
     if not (0 < test_fraction < 1 and 0 < proxy_fraction < 1 and test_fraction + proxy_fraction < 1):
         raise ValueError("test_fraction and proxy_fraction must be in (0, 1) and sum below 1")
+    if not 0 <= validation_fraction < test_fraction:
+        raise ValueError(f"validation_fraction {validation_fraction} must be in [0, test_fraction="
+                         f"{test_fraction}): validation is carved from the held-out part")
     rng = np.random.default_rng(seed)
-    test_idx, proxy_idx, private_idx = [], [], []
+    parts: dict[str, list[np.ndarray]] = {"test": [], "validation": [], "proxy": [], "private": []}
     for label in np.unique(data.y):
         idx = rng.permutation(np.flatnonzero(data.y == label))
-        n_test = round(len(idx) * test_fraction)
+        n_held = round(len(idx) * test_fraction)
+        n_val = min(round(len(idx) * validation_fraction), n_held)
         n_proxy = round(len(idx) * proxy_fraction)
-        test_idx.append(idx[:n_test])
-        proxy_idx.append(idx[n_test:n_test + n_proxy])
-        private_idx.append(idx[n_test + n_proxy:])
-    pick = [np.sort(np.concatenate(p)) for p in (private_idx, proxy_idx, test_idx)]
-    return Splits(*(data.subset(p) for p in pick))
+        parts["validation"].append(idx[:n_val])
+        parts["test"].append(idx[n_val:n_held])
+        parts["proxy"].append(idx[n_held:n_held + n_proxy])
+        parts["private"].append(idx[n_held + n_proxy:])
+    pick = {name: np.sort(np.concatenate(p)).astype(np.int64) for name, p in parts.items()}
+    return Splits(data.subset(pick["private"]), data.subset(pick["proxy"]), data.subset(pick["test"]),
+                  data.subset(pick["validation"]) if validation_fraction > 0 else None, pick)
+
+
+def derive(dataset: str, seed: int, test_fraction: float = 0.2, proxy_fraction: float = 0.25,
+           validation_fraction: float = 0.0) -> Splits:
+    """:func:`split` of dataset ``dataset`` (a :func:`load_dataset` name), named by its
+    :class:`~koala_async.core.splits.SplitSpec` (keys and fingerprint) in ``spec`` (blocking)."""
+    splits = split(load_dataset(dataset), seed, test_fraction, proxy_fraction, validation_fraction)
+    assert splits.parts is not None
+    spec = SplitSpec(dataset, seed, test_fraction, validation_fraction, proxy_fraction,
+                     fingerprint(dataset, seed, test_fraction, validation_fraction, proxy_fraction, splits.parts))
+    return replace(splits, spec=spec)
 
 
 def dirichlet_partition(labels: np.ndarray, n_clients: int, alpha: float, seed: int,
@@ -329,9 +360,14 @@ class FederatedData:
     def client(self, index: int) -> Dataset:
         return self.splits.private.subset(self.shards[index])
 
+    def dataset_ids(self, index: int) -> np.ndarray:
+        """Client ``index``'s samples as indices into the whole dataset."""
+        assert self.splits.parts is not None
+        return self.splits.parts["private"][self.shards[index]]
+
 
 def federate(dataset: str, seed: int, n_clients: int, alpha: float, test_fraction: float = 0.2,
-             proxy_fraction: float = 0.25) -> FederatedData:
-    splits = split(load_dataset(dataset), seed, test_fraction, proxy_fraction)
+             proxy_fraction: float = 0.25, validation_fraction: float = 0.0) -> FederatedData:
+    splits = derive(dataset, seed, test_fraction, proxy_fraction, validation_fraction)
     shards = dirichlet_partition(splits.private.y, n_clients, alpha, seed)
     return FederatedData(splits, shards)

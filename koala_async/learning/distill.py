@@ -1,7 +1,8 @@
 """Training and distillation loops, both directions of KOALA.
 
 - Forward (client): cross-entropy on private data plus ``kd_weight * T^2 * KL(teacher || student)`` on
-  proxy inputs against the server's knowledge (Hinton et al.'s distillation loss; T about 3).
+  proxy inputs against the server's knowledge (Hinton et al.'s distillation loss; T is the server's
+  temperature, carried in its knowledge: one temperature per federation).
 - Reverse (server): the large model is trained on proxy inputs against the fused client targets with
   the same tempered KL, only on proxy samples that have a target.
 
@@ -89,18 +90,20 @@ class LocalTrainer:
 
     def train(self, x: np.ndarray, y: np.ndarray, proxy_x: np.ndarray | None = None,
               teacher_logits: np.ndarray | None = None, epochs: int | None = None,
-              stop: threading.Event | None = None) -> float:
-        """Train on private ``(x, y)``, distilling ``teacher_logits`` on ``proxy_x`` when given.
+              stop: threading.Event | None = None, temperature: float | None = None) -> float:
+        """Train on private ``(x, y)``, distilling ``teacher_logits`` on ``proxy_x`` when given, at
+        ``temperature`` (the server's, from its knowledge; default the config's).
 
         Returns the mean loss of the last epoch. Setting ``stop`` (from another thread) ends the
         training after the current minibatch, so a node shutting down need not wait for all epochs.
         """
         cfg = self.config
+        t = cfg.temperature if temperature is None else temperature
         xt, yt = _tensor(x), torch.from_numpy(y.astype(np.int64))
         kd_x = proxy_x if teacher_logits is not None and cfg.kd_weight > 0 else None
         if kd_x is not None:
             assert teacher_logits is not None  # for mypy: kd_x says so
-            teacher = F.softmax(_tensor(teacher_logits) / cfg.temperature, dim=1)
+            teacher = F.softmax(_tensor(teacher_logits) / t, dim=1)
         self.model.train()
         last = 0.0
         for _ in range(epochs or cfg.epochs):
@@ -114,7 +117,7 @@ class LocalTrainer:
                 if kd_x is not None:
                     pidx = torch.randint(len(kd_x), (max(len(idx), cfg.batch_size),), generator=self.generator)
                     px = _tensor(kd_x[pidx.numpy()])  # this minibatch only: the proxy set stays as it is
-                    loss = loss + cfg.kd_weight * kd_loss(self.model(px), teacher[pidx], cfg.temperature)
+                    loss = loss + cfg.kd_weight * kd_loss(self.model(px), teacher[pidx], t)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

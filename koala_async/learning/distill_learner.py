@@ -4,12 +4,22 @@ Per batch of accepted updates (:meth:`DistillLearner.advance`, in a worker threa
 
 1. each update's tier trust is estimated against the large model's current logits
    (:mod:`koala_async.core.trust`) and its logits join the fusion (:mod:`koala_async.core.fusion`)
-   with the weight of its staleness, size and trust;
+   with the weight of its staleness, size and trust; then the clients that departed (goodbye, last
+   will) since the last batch, and those silent for ``max_silent_versions``, are forgotten;
 2. the fused targets (one soft label per covered proxy sample) are distilled into the large model for
-   the steps the pacing granted, within the latency budget ``max_distill_seconds``;
+   the steps the pacing granted, damped by staleness (each arrival buys ``distill_steps * w(s)``
+   steps: :func:`~koala_async.core.staleness.damped_steps`), within the latency budget
+   ``max_distill_seconds``;
 3. the large model's logits on the proxy set become the knowledge of the new version, and it is
-   evaluated on the held-out test split. With ``[server] proxy_subset`` (core/proxy_schedule.py) the
-   logits cover only the samples scheduled for the new version, and the knowledge names them.
+   evaluated on the validation split (the best version is kept) and the test split
+   (:mod:`koala_async.learning.evaluation`). With ``[server] proxy_subset`` (core/proxy_schedule.py)
+   the logits cover only the samples scheduled for the new version, and the knowledge names them.
+
+One temperature: the server's ``temperature`` softens the fused client logits, the distillation, and
+travels in the knowledge to every client's forward distillation. Vector inputs are standardized with
+the proxy set's statistics, as every client does (:mod:`koala_async.learning.standardize`); the
+knowledge carries the split's fingerprint that clients check their shards against
+(:mod:`koala_async.core.splits`).
 
 Published, retained: the proxy set's manifest (core/proxy_manifest.py) and its chunks (on every
 connect; :meth:`DistillLearner.proxy_chunks` yields them one at a time, as views of the proxy array),
@@ -28,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +50,7 @@ from koala_async.core.envelope import Knowledge, Message, Update
 from koala_async.core.fusion import Fusion
 from koala_async.core.proxy_manifest import ProxyChunk, ProxyManifest, array_bytes, build_manifest, chunks
 from koala_async.core.proxy_schedule import ProxySchedule, schedule_for
+from koala_async.core.staleness import damped_steps
 from koala_async.core.topics import Topics
 from koala_async.core.trust import TierTrust
 from koala_async.learning.learner import ServerData, load_server_data
@@ -67,7 +78,6 @@ class DistillLearner:
         self.topics = topics
         self.next_seq = next_seq  # () -> int: the server's message sequence numbers
         self.model_name = ""
-        self.test_accuracy = float("nan")
         self.knowledge_logits: np.ndarray | None = None  # (N, C) float16: the latest computed per sample
         self.knowledge_known: np.ndarray | None = None  # (N,) bool: rows of knowledge_logits computed (subsets)
         self.schedule: ProxySchedule | None = None
@@ -75,6 +85,7 @@ class DistillLearner:
         self.steps_skipped = 0
         self.max_contributions = config.max_contributions
         self.contributions_dropped = 0  # contributions forgotten past max_contributions
+        self.forgotten = 0  # contributions dropped for departure or silence
         self._summary: dict[str, Any] = {}  # the status part, refreshed by the thread that learns
         # The distill thread and checkpoint captures take turns on the model and the fusion.
         self.lock = threading.Lock()
@@ -84,12 +95,14 @@ class DistillLearner:
 
     def prepare(self) -> None:
         from koala_async.learning.distill import Distiller
+        from koala_async.learning.evaluation import VersionScores
         from koala_async.learning.models import build_model, default_large
 
         cfg = self.config
         self.data: ServerData = load_server_data(cfg)
         self.spec = self.data.spec
-        self.proxy_x = self.data.proxy_x
+        self.proxy_x = self.data.proxy_x  # published as is
+        self.proxy_inputs = self.data.proxy_inputs  # what the model sees (standardized vectors)
         # one pass over the bytes: the chunk hashes and the proxy id (learning/data.py proxy_id, the same hash)
         self.manifest: ProxyManifest = build_manifest(self.proxy_x, self.spec.num_classes, cfg.proxy_chunk_bytes,
                                                       cfg.node_id)
@@ -100,13 +113,13 @@ class DistillLearner:
                                    temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
                                    augment=cfg.augment)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
-        self.test_accuracy = self.evaluate()
+        self.scores = VersionScores(self.data.validation, self.data.test)
+        self.scores.evaluate(self.distiller.model, 0)
         self._summarise()
 
-    def evaluate(self) -> float:
-        from koala_async.learning.distill import accuracy
-
-        return accuracy(self.distiller.model, self.data.test.x, self.data.test.y)
+    @property
+    def test_accuracy(self) -> float:
+        return self.scores.test_accuracy
 
     # -- the protocol --------------------------------------------------------------------------
 
@@ -122,48 +135,68 @@ class DistillLearner:
                                                accepted_tiers=cfg.accepted_tiers, schedule=self.schedule)
         return admit(message, topic_sender, ctx, seen, now_ms)
 
-    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
+    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event,
+                departed: Sequence[str] = ()) -> None:
         # The whole batch joins the fusion under the lock, even when stopping: its arrivals have left
         # the server's pending list, so the checkpoint written on the way out (which waits for the lock)
         # must find every one of them in the fusion.
         with self.lock:
+            scales = []  # w(s) of each arrival fused
             for arrival in batch:
                 update: Update = arrival.message
                 trust = self.trust.observe(update.tier, update.logits, update.sample_ids, self._reference(update))
-                self._fuse(update, trust, version)
+                if self._fuse(update, trust, version):
+                    scales.append(self.fusion.step_scale(max(version - update.base_version, 0)))
+            self.forget(departed, version)
             if stop.is_set():  # shutting down: the fused contributions are kept, the rest can wait
                 return
             targets, mask = self.fusion.targets(version)
+            # FedAsync damping: each arrival buys distill_steps * w(s) steps (core/staleness.py)
+            steps = damped_steps(steps, scales)
             before = self.distiller.steps_done
-            self.distiller.distill(self.proxy_x, targets, mask, steps, self.config.max_distill_seconds, stop)
+            self.distiller.distill(self.proxy_inputs, targets, mask, steps, self.config.max_distill_seconds, stop)
             if stop.is_set():
                 return
             if mask.any():
                 self.steps_skipped += steps - (self.distiller.steps_done - before)
             self._predict(version + 1)
-            self.test_accuracy = self.evaluate()
+            self.scores.evaluate(self.distiller.model, version + 1)
             self._summarise()
 
-    def _fuse(self, update: Update, trust: float, version: int) -> None:
+    def forget(self, departed: Sequence[str], version: int) -> list[str]:
+        """Drop the contributions of ``departed`` clients and of those silent for more than
+        ``max_silent_versions`` at ``version``; returns who was forgotten (in the learner's thread)."""
+        gone = [sender for sender in departed if self.fusion.forget(sender)]
+        gone += self.fusion.evict_silent(version, self.config.max_silent_versions)
+        if gone:
+            self.forgotten += len(gone)
+            log.info("version %d: forgot %d departed or silent clients (%s)", version, len(gone),
+                     ", ".join(gone[:5]) + (" ..." if len(gone) > 5 else ""))
+        return gone
+
+    def _fuse(self, update: Update, trust: float, version: int) -> bool:
         """Make ``update`` its sender's contribution, the most recent one; forget the least recent
-        contributions past ``max_contributions``."""
+        contributions past ``max_contributions``. False when fusion refused it."""
         try:
             self.fusion.add(update.sender, update.tier, update.base_version, update.logits, update.sample_ids,
                             n_samples=update.n_samples, trust=trust, label_counts=update.label_counts,
                             version=version)
         except ValueError as exc:  # admission checked shapes and ids; fusion refuses what it cannot bound
             log.warning("update %s/%d not fused: %s", update.sender, update.seq, exc)
+            return False
         contributions = self.fusion.contributions  # in order of last arrival
         while len(contributions) > self.max_contributions:
             self.fusion.forget(next(iter(contributions)))
             self.contributions_dropped += 1
+        return True
 
     def _summarise(self) -> None:
-        self._summary = {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
+        self._summary = {"large_model": self.model_name, **self.scores.snapshot(),
                          "tier_trust": trust_summary(self.trust), "tiers_seen": len(self.trust.agreement_ema),
                          "distill_steps_skipped": self.steps_skipped, "distill_steps_done": self.distiller.steps_done,
                          "contributions": len(self.fusion.contributions),
-                         "contributions_dropped": self.contributions_dropped}
+                         "contributions_dropped": self.contributions_dropped,
+                         "contributions_forgotten": self.forgotten}
 
     def _predict(self, version: int) -> None:
         """The large model's logits on what the knowledge of ``version`` carries (all, or its subset)."""
@@ -171,13 +204,13 @@ class DistillLearner:
 
         model = self.distiller.model
         if self.schedule is None:
-            self.knowledge_logits = predict_logits(model, self.proxy_x).astype(np.float16)
+            self.knowledge_logits = predict_logits(model, self.proxy_inputs).astype(np.float16)
             return
         if self.knowledge_logits is None or self.knowledge_known is None:
             self.knowledge_logits = np.zeros((len(self.proxy_x), self.spec.num_classes), np.float16)
             self.knowledge_known = np.zeros(len(self.proxy_x), dtype=bool)
         ids = self.schedule.ids(version)
-        self.knowledge_logits[ids] = predict_logits(model, self.proxy_x[ids]).astype(np.float16)
+        self.knowledge_logits[ids] = predict_logits(model, self.proxy_inputs[ids]).astype(np.float16)
         self.knowledge_known[ids] = True
 
     def _reference(self, update: Update) -> np.ndarray | None:
@@ -201,7 +234,7 @@ class DistillLearner:
         knowledge = Knowledge(sender=cfg.node_id, seq=self.next_seq(), version=version, proxy_id=self.proxy_id,
                               num_classes=self.spec.num_classes, temperature=cfg.temperature,
                               logits=logits, accepted_tiers=cfg.accepted_tiers,
-                              sent_at=time.time(), mode=cfg.mode.value, ids=ids)
+                              sent_at=time.time(), mode=cfg.mode.value, ids=ids, split=self.data.split)
         if not full:
             return [(self.topics.knowledge, knowledge)]
         manifest = replace(self.manifest, seq=self.next_seq(), sent_at=time.time())
@@ -227,9 +260,9 @@ class DistillLearner:
                 "model": {k: v.detach().clone() for k, v in self.distiller.model.state_dict().items()},
                 "optimizer": self.distiller.optimizer.state_dict(),
                 "steps_done": self.distiller.steps_done, "steps_skipped": self.steps_skipped,
-                "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
+                "knowledge_logits": self.knowledge_logits, "scores": self.scores.state(),
                 "knowledge_known": None if self.knowledge_known is None else self.knowledge_known.astype(np.uint8),
-                "fusion": self.fusion.to_state(),
+                "fusion": self.fusion.to_state(), "forgotten": self.forgotten,
                 "trust": {"agreement_ema": dict(self.trust.agreement_ema),
                           "observations": dict(self.trust.observations)},
             }
@@ -247,7 +280,11 @@ class DistillLearner:
             self.knowledge_known = np.ones(len(self.knowledge_logits), dtype=bool)  # a whole-proxy checkpoint
         elif self.schedule is None and self.knowledge_known is not None and not self.knowledge_known.all():
             self.knowledge_logits = None  # a subset checkpoint without its subset: computed anew next version
-        self.test_accuracy = float(state["test_accuracy"])
+        if "scores" in state:
+            self.scores.restore(state["scores"])
+        else:  # a checkpoint from before validation: its test score only
+            self.scores.test_accuracy = float(state["test_accuracy"])
+        self.forgotten = int(state.get("forgotten", 0))
         self.fusion = Fusion.from_state(state["fusion"], len(self.proxy_x), self.spec.num_classes,
                                         self.config.fusion, self.config.staleness)
         self.trust.agreement_ema.update(state["trust"]["agreement_ema"])

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from koala_async.core.retention import AddResult, SampleBuffer
+from koala_async.core.splits import SplitSpec
 from koala_async.errors import DataError
 
 if TYPE_CHECKING:
@@ -31,6 +32,9 @@ class ClientInputs:
                                    input_shape=config.input_shape, num_classes=config.num_classes)
         self._added = asyncio.Event()
         self._loop_thread: int | None = None
+        # Derived from a dataset: the split it came from (core/splits.py) and its samples' dataset ids.
+        self.split: SplitSpec | None = None
+        self.dataset_ids: np.ndarray | None = None
 
     def load_initial(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The configured private data as (x, y, classes), or None for an empty start (blocking)."""
@@ -43,8 +47,10 @@ class ClientInputs:
             data = datasets.load_npz(cfg.data_path, num_classes=cfg.num_classes)
         else:
             assert cfg.dataset is not None
-            data = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
-                                     cfg.proxy_fraction).client(cfg.shard)
+            fed = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
+                                    cfg.proxy_fraction, cfg.validation_fraction or 0.0)
+            self.split, self.dataset_ids = fed.splits.spec, fed.dataset_ids(cfg.shard)
+            data = fed.client(cfg.shard)
         return data.x, data.y, data.spec.num_classes
 
     def start(self, initial: tuple[np.ndarray, np.ndarray, int] | None) -> None:

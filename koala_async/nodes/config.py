@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from koala_async.core.fusion import FusionConfig
 from koala_async.core.modes import DEFAULT_MODE, Mode
@@ -20,6 +21,30 @@ def check_metrics_port(port: int | None) -> None:
         raise ValueError(f"metrics_port must be a TCP port (0 = any free one), not {port!r}")
 
 
+def split_fractions(test: float, validation: float | None, proxy: float) -> float:
+    """The validation fraction (unset: half the held-out ``test_fraction``), once the fractions
+    :func:`koala_async.learning.data.split` takes are checked, before any data is read."""
+    if not (0 < test < 1 and 0 < proxy < 1 and test + proxy < 1):
+        raise ValueError("test_fraction and proxy_fraction must be in (0, 1) and sum below 1")
+    if validation is None:
+        return test / 2
+    if not 0 <= validation < test:
+        raise ValueError(f"validation_fraction {validation} must be in [0, test_fraction={test}): "
+                         "validation is carved from the held-out part")
+    return validation
+
+
+def one_temperature(temperature: float, fusion: FusionConfig) -> FusionConfig:
+    """The fusion's config at the server's temperature: left at its default it follows the server's;
+    set to another value it is refused (a federation distills at one temperature)."""
+    if fusion.temperature == temperature:
+        return fusion
+    if fusion.temperature != FusionConfig.temperature:
+        raise ValueError(f"fusion.temperature {fusion.temperature} differs from temperature {temperature}: "
+                         "a federation has one temperature; set only the server's temperature")
+    return replace(fusion, temperature=temperature)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything a server node needs; loadable from the ``[server]`` table of a TOML file."""
@@ -32,11 +57,13 @@ class ServerConfig:
     mode: Mode = DEFAULT_MODE  # async | sync | fedavg (core/modes.py)
     round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
     round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
-    # Data: a dataset name from which proxy and test splits are derived (as clients derive shards),
-    # or explicit .npz files.
+    # Data: a dataset name from which proxy, validation and test splits are derived (as clients derive
+    # shards), or explicit .npz files. Validation is carved from the held-out test_fraction: every
+    # choice (the best version) is taken on it; the test split is only reported.
     dataset: str = "digits"
     seed: int = 0
     test_fraction: float = 0.2
+    validation_fraction: float | None = None  # unset: half of test_fraction
     proxy_fraction: float = 0.25
     proxy_path: str | None = None
     test_path: str | None = None
@@ -47,10 +74,14 @@ class ServerConfig:
     # server (core/proxy_schedule.py); 0 = the whole proxy set every time.
     proxy_subset: int = 0
     large_model: str | None = None
+    # The federation's one distillation temperature: the server's fusion and distillation use it, and
+    # it travels in the knowledge to every client's forward distillation (fusion.temperature follows it).
     temperature: float = 3.0
     lr: float = 1e-3
     batch_size: int = 64
-    distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
+    # per fresh arrival fused (up to max(4, buffer_size) arrivals per fusion); an arrival s versions
+    # stale buys distill_steps * w(s) of them (core/staleness.py damped_steps: FedAsync damping)
+    distill_steps: int = 40
     buffer_size: int = 1
     # Latency budget: a version's distillation stops after this many seconds (None = run all its
     # steps); what arrived meanwhile fuses into the next version, so arrival-to-published latency
@@ -71,6 +102,9 @@ class ServerConfig:
     # The most clients whose latest logits the fusion keeps (the least recently heard from are dropped
     # first): bounds a version's fusion time and the checkpoint size however many client ids appear.
     max_contributions: int = 512
+    # Forgetting: a client that sent nothing for this many versions loses its contribution to the
+    # fused targets (one that leaves, or whose last will arrives, loses it at the next version).
+    max_silent_versions: int = 50
     trust: TrustConfig = field(default_factory=TrustConfig)  # per-tier trust (docs/heterogeneous.md)
     status_interval: float = 2.0
     max_payload_bytes: int = 8 * 1024 * 1024
@@ -119,6 +153,13 @@ class ServerConfig:
             raise ValueError("proxy_chunk_bytes must be in [1 KiB, 15 MiB] (a chunk is one MQTT message)")
         if self.proxy_subset < 0:
             raise ValueError("proxy_subset must be >= 0 (0 = the whole proxy set)")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature {self.temperature} must be a finite number > 0")
+        if self.max_silent_versions < 1:
+            raise ValueError("max_silent_versions must be >= 1")
+        object.__setattr__(self, "validation_fraction",
+                           split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
+        object.__setattr__(self, "fusion", one_temperature(self.temperature, self.fusion))
 
 
 
@@ -154,6 +195,7 @@ class ClientConfig:
     num_shards: int = 1
     alpha: float = 0.5
     test_fraction: float = 0.2
+    validation_fraction: float | None = None  # the server's (see ServerConfig); unset: half of test_fraction
     proxy_fraction: float = 0.25
     tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
     profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
@@ -167,7 +209,9 @@ class ClientConfig:
     # The proxy set read locally instead of fetched: an .npz file (x) or a dataset name whose proxy
     # split is derived like the server's. Refused unless its proxy id is the server's manifest's.
     proxy_path: str | None = None
-    send_label_counts: bool = True
+    # The class histogram of the private data, sent with each update. Off: private metadata a
+    # logit-only federation does not need, and mean fusion was no better with it (docs/fusion.md).
+    send_label_counts: bool = False
     slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
     threads: int = 1
     username: str | None = None
@@ -230,6 +274,8 @@ class ClientConfig:
         if self.keepalive < 1:
             raise ValueError("keepalive must be >= 1 second")
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        object.__setattr__(self, "validation_fraction",
+                           split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
         if self.profile is not None and self.profile not in PROFILES:
             raise ValueError(f"unknown device profile {self.profile!r}; known: {sorted(PROFILES)}")
 

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from koala_async.core.knowledge_gate import KnowledgeGate
     from koala_async.core.rejects import RejectCounter
     from koala_async.learning.models import InputSpec
+    from koala_async.learning.standardize import Standardizer
     from koala_async.nodes.client_inputs import ClientInputs
     from koala_async.nodes.config import ClientConfig
 
@@ -57,6 +58,9 @@ class DistillTask:
         self.last_loss = float("nan")
         self._rng = random.Random(f"{config.seed}-{config.node_id}-ids")
         self.sync = ProxySync(config, topics)  # the proxy set: manifest -> chunks (or proxy_path) -> inputs
+        self._inputs: ClientInputs | None = None  # where its shard came from (the split check)
+        self._checked: tuple[str, str] | None = None  # (server split fingerprint, refusal) last worked out
+        self._scale: tuple[str, Standardizer | None] | None = None  # (proxy id, its statistics)
 
     def subscriptions(self) -> tuple[str, ...]:
         return (self.topics.proxy, self.topics.knowledge)
@@ -91,6 +95,7 @@ class DistillTask:
         return self.config.mode.rounds or (self.knowledge is not None and self.knowledge.mode != "async")
 
     def take(self, topic: str, message: Message, inputs: ClientInputs) -> str | None:
+        self._inputs = inputs
         if topic == self.topics.proxy and isinstance(message, ProxyManifest):
             if inputs.adopt_proxy(message.shape[1:], message.num_classes):  # before fetching megabytes
                 return "spec_mismatch"
@@ -102,6 +107,27 @@ class DistillTask:
             self.changed.set()
             return None
         return "wrong_kind"
+
+    def refusal(self) -> str:
+        """Why this client must not train now ("" if it may): its shard was derived from another split
+        than the server's (blocking the first time per server split: see learning/split_guard.py)."""
+        knowledge, inputs = self.knowledge, self._inputs
+        server = knowledge.split if knowledge is not None else None
+        if server is None or inputs is None:
+            return ""
+        if self._checked is None or self._checked[0] != server.fingerprint:
+            from koala_async.learning.split_guard import refusal
+
+            self._checked = (server.fingerprint, refusal(server, inputs.split, inputs.dataset_ids))
+        return self._checked[1]
+
+    def standardizer(self, proxy: ProxySet) -> Standardizer | None:
+        """The proxy set's feature statistics (vectors only), as the server computes them."""
+        if self._scale is None or self._scale[0] != proxy.proxy_id:
+            from koala_async.learning.standardize import Standardizer
+
+            self._scale = (proxy.proxy_id, Standardizer.fit(proxy.inputs))  # images: None, no copy
+        return self._scale[1]
 
     def setup(self, spec: InputSpec, resources: ResourceSnapshot, samples_per_epoch: int) -> None:
         """Choose the tier and build the small model (blocking; once the input spec is known)."""
@@ -146,12 +172,13 @@ class DistillTask:
     def train(self, x: np.ndarray, y: np.ndarray, label_counts: np.ndarray | None,
               stop: threading.Event) -> Update:
         from koala_async.learning.distill import predict_logits
+        from koala_async.learning.standardize import model_inputs
 
         cfg, proxy, knowledge = self.config, self.proxy, self.knowledge
         assert proxy is not None and self.tier is not None
-        teacher, base_version, scheduled = None, 0, None
+        teacher, base_version, scheduled, temperature = None, 0, None, None
         if knowledge is not None and knowledge.proxy_id == proxy.proxy_id:
-            base_version = knowledge.version
+            base_version, temperature = knowledge.version, knowledge.temperature  # the server's T
             if knowledge.ids is not None and len(knowledge.ids) and knowledge.ids.max() < len(proxy.inputs):
                 scheduled = knowledge.ids  # the server's subset for this version: distill on it, label it
             rows = len(proxy.inputs) if scheduled is None else len(scheduled)
@@ -164,7 +191,10 @@ class DistillTask:
             count = max(1, round(len(pool) * cfg.proxy_subset))
             rows_out = np.sort(np.asarray(self._rng.sample(range(len(pool)), count), dtype=np.uint32))
             ids = rows_out if scheduled is None else scheduled[rows_out]
-        self.last_loss = self.trainer.train(x, y, pool, teacher, stop=stop)
+        scale = self.standardizer(proxy)  # vectors: by the proxy set's statistics, as the server does
+        pool = model_inputs(pool, scale)  # images: unchanged (uint8 pixels stay uint8)
+        self.last_loss = self.trainer.train(model_inputs(x, scale), y, pool, teacher, stop=stop,
+                                            temperature=temperature)
         logits = predict_logits(self.trainer.model, pool if rows_out is None else pool[rows_out]).astype(np.float16)
         return Update(sender=cfg.node_id, seq=0, base_version=base_version, tier=self.tier, n_samples=len(y),
                       proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids, sent_at=time.time(),
@@ -223,6 +253,9 @@ class AveragingTask:
         return self.global_model.base_version if self.global_model is not None else None
 
     in_rounds = True
+
+    def refusal(self) -> str:
+        return ""  # the global model carries no split to check against
 
     def take(self, topic: str, message: Message, inputs: ClientInputs) -> str | None:
         if topic != self.topics.model or not isinstance(message, Weights):

@@ -6,8 +6,11 @@ takes one delivery per client, built on the current round) and wants to hear abo
 (``on_presence``: a round waits for the clients that were available when it started).
 
 - :class:`Continuous` (``async``): no rounds. A batch is whatever arrived (at least ``buffer_size``
-  arrivals, or fewer after a short wait so a quiet federation still learns); each arrival buys
-  ``distill_steps`` steps, capped so a burst cannot stall the loop.
+  arrivals, or fewer after a short wait so a quiet federation still learns, but never none: a wake-up
+  without arrivals, such as a client's status change, publishes no version, which would make every
+  client one version staler for nothing); each arrival buys ``distill_steps`` steps, capped so a
+  burst cannot stall the loop, and the learner damps them by staleness
+  (:func:`~koala_async.core.staleness.damped_steps`).
 - :class:`Rounds` (``sync``, ``fedavg``): a batch is a complete round
   (:class:`~koala_async.core.rounds.RoundBarrier`): every selected client delivered, or the round timed
   out with at least one delivery.

@@ -63,7 +63,18 @@ class Readiness:
             await self.task.changed.wait()
 
     async def until_ready(self, report: Report) -> None:
-        """Re-probe until the readiness policy says train; report why it waits meanwhile."""
+        """Re-probe until the readiness policy says train; report why it waits meanwhile. Never while
+        the task refuses to train (a shard from another split than the server's): that is reported
+        and waits for knowledge that changes it."""
+        refused, said = await self.workers.run(self.task.refusal), ""
+        while refused:
+            if refused != said:
+                log.error("%s %s", self.config.node_id, refused)
+                await report(refused)
+                said = refused
+            self.task.changed.clear()
+            await self.task.changed.wait()
+            refused = await self.workers.run(self.task.refusal)
         cfg = self.config
         since = time.monotonic()
         waiting = ""

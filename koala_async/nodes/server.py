@@ -247,7 +247,8 @@ class ServerNode:
         """Learn from ``batch``, then make the next version durable and publish it."""
         started = time.perf_counter()
         self._learning = asyncio.get_running_loop().run_in_executor(
-            None, self.learner.advance, batch.arrivals, self.state.version, batch.steps, self._stop)
+            None, self.learner.advance, batch.arrivals, self.state.version, batch.steps, self._stop,
+            self.state.take_departures())
         # Shielded: the batch has left the pending list, so on the way out the thread must still fuse it
         # (``_stop`` cuts its distillation short) before the final checkpoint, which waits for it.
         await asyncio.shield(self._learning)

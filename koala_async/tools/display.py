@@ -72,8 +72,13 @@ def summary_table(report: dict[str, Any]) -> Table:
     table.add_column("metric")
     table.add_column("value", justify="right")
     lm = report["large_model"]
+    best = lm.get("best_version")
     rows = [
-        ("large model held-out accuracy", f"{lm['test_accuracy']:.3f}"),
+        ("large model test accuracy (last version)", f"{lm['test_accuracy']:.3f}"),
+        ("best version on validation: validation / test",
+         f"v{best}: {lm['best_validation_accuracy']:.3f} / {lm['best_test_accuracy']:.3f}"
+         + (f" (the last, v{lm['version']}, is below it on validation)" if lm.get("last_below_best") else "")
+         if best is not None else "- (no validation split)"),
         ("local-only mean accuracy", f"{report['local_only']['mean_test_accuracy']:.3f}"
          if report["local_only"]["mean_test_accuracy"] is not None else "-"),
         ("server versions", str(lm["version"])),

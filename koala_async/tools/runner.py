@@ -46,7 +46,8 @@ class Observer:
         self.server_status_at = -1.0  # elapsed time of the last server status with counters
         self.clients: dict[str, dict[str, Any]] = {}
         self.client_status_at: dict[str, float] = {}
-        self.timeline: list[tuple[float, int, float]] = []
+        self.timeline: list[tuple[float, int, float]] = []  # (t, version, test accuracy): reported
+        self.validation_timeline: list[tuple[float, int, float]] = []  # the same on validation: for choices
         self.samples: list[dict[str, Any]] = []  # one per server status: the run's own time series
         self.staleness_max_seen = 0
         self.last_version_change = time.monotonic()
@@ -74,6 +75,9 @@ class Observer:
                 self.last_version_change = time.monotonic()
                 if isinstance(acc, float):
                     self.timeline.append((now, version, acc))
+                val = msg.info.get("validation_accuracy")
+                if isinstance(val, float):
+                    self.validation_timeline.append((now, version, val))
             self.server = msg.info
             self.server_status_at = now
             self.staleness_max_seen = max(self.staleness_max_seen, int(msg.info.get("staleness_max", 0)))
@@ -310,6 +314,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
     sent = sum(c.get("updates_sent", 0) for c in observer.clients.values())
     up = sum(c.get("bytes_up", 0) for c in observer.clients.values())
     target = scenario.federation.target_accuracy
+    # A target is a choice: reached on validation where the server has one, never chosen on test.
+    chosen = observer.validation_timeline or observer.timeline
     return {
         "scenario": scenario.source,
         "mode": scenario.federation.mode,
@@ -320,7 +326,10 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
                         "version": srv.get("version", 0), "timeline": observer.timeline,
                         "tier_trust": srv.get("tier_trust"), "target_accuracy": target,
-                        "time_to_target": time_to_target(observer.timeline, target),
+                        "target_on": "validation" if observer.validation_timeline else "test",
+                        "time_to_target": time_to_target(chosen, target),
+                        "validation_timeline": observer.validation_timeline,
+                        **{k: srv.get(k) for k in BEST_FIELDS},
                         # when the server first reported (process start-up before it is not learning)
                         "first_report_at": observer.timeline[0][0] if observer.timeline else None},
         "local_only": {"mean_test_accuracy": sum(local_values) / len(local_values) if local_values else None,
@@ -336,6 +345,11 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "wall_seconds": round(wall, 2),
     }
 
+
+# The last version's validation score beside the best version's (chosen on validation; its test score
+# reported): a run whose last version is worse than its best says so (last_below_best).
+BEST_FIELDS = ("validation_accuracy", "best_version", "best_validation_accuracy", "best_test_accuracy",
+               "last_below_best")
 
 # Per client in the report: what it trained (for the bench: parameters, FLOPs, peak memory) and sent.
 CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "updates_accepted",

@@ -8,13 +8,16 @@ line, before any process starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from koala_async.config import find_line, load_into, read_toml
 from koala_async.core.envelope import MODES
+from koala_async.core.splits import SPLIT_KEYS
 from koala_async.errors import ConfigError
+from koala_async.nodes.config import split_fractions
 from koala_async.tools.timeline import (
     ACTIONS,
     Event,
@@ -38,6 +41,7 @@ class FederationSpec:
     seed: int = 0
     alpha: float = 0.5
     test_fraction: float = 0.2
+    validation_fraction: float | None = None  # carved from test_fraction; unset: half of it (learning/data.py)
     proxy_fraction: float = 0.25
     duration: float = 240.0
     settle: float = 3.0
@@ -62,6 +66,8 @@ class FederationSpec:
             raise ValueError("duration must be > 0")
         if self.until not in ("done", "duration"):
             raise ValueError(f"until {self.until!r} is not one of ['done', 'duration']")
+        object.__setattr__(self, "validation_fraction",
+                           split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
 
 
 @dataclass(frozen=True)
@@ -186,7 +192,8 @@ class Scenario:
     def server_config(self, broker_url: str) -> dict[str, Any]:
         f = self.federation
         shared = {"broker": broker_url, "federation": f.name, "dataset": f.dataset, "seed": f.seed,
-                  "test_fraction": f.test_fraction, "proxy_fraction": f.proxy_fraction}
+                  "test_fraction": f.test_fraction, "validation_fraction": f.validation_fraction,
+                  "proxy_fraction": f.proxy_fraction}
         return {**shared, **self.server, "mode": f.mode}  # the federation's mode, in every node
 
     def client_configs(self, broker_url: str) -> list[dict[str, Any]]:
@@ -198,11 +205,47 @@ class Scenario:
             for i in range(group.count):
                 out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset,
                             "seed": f.seed, "alpha": f.alpha, "test_fraction": f.test_fraction,
+                            "validation_fraction": f.validation_fraction,
                             "proxy_fraction": f.proxy_fraction, "num_shards": self.num_clients,
                             "shard": shard, "node_id": f"{group.prefix}-{i}", **extra, **group.config,
                             "mode": f.mode})
                 shard += 1
         return out
+
+
+def _refuse_split_overrides(key: str, table: dict[str, Any], source: str, text: str) -> None:
+    """A node table that sets a key the split is derived from would derive another split than the
+    federation's: its clients would train on the server's test images, silently. Refused."""
+    for name in SPLIT_KEYS:
+        if name in table or name.replace("_", "-") in table:
+            raise ConfigError(f"{name} is the federation's: the split (test, validation, proxy, private) is "
+                              f"derived from it on every node; set it in [federation], not per node",
+                              source=source, key=f"{key}.{name}", line=table_line(text, key, name))
+
+
+def table_line(text: str, table: str, name: str) -> int | None:
+    """Line of key ``name`` in table ``server`` or ``clients[i].config`` (the i-th [[clients]]
+    group's ``[clients.config]``, or an inline ``config = {...}``); else :func:`find_line`'s guess."""
+    lines = text.splitlines()
+    match = re.fullmatch(r"clients\[(\d+)\]\.config", table)
+    start, end = 0, len(lines)
+    if match:
+        groups = [i for i, line in enumerate(lines) if re.match(r"\s*\[\[\s*clients\s*\]\]", line)]
+        index = int(match.group(1))
+        if index < len(groups):
+            start = groups[index]
+            end = groups[index + 1] if index + 1 < len(groups) else len(lines)
+    header = r"\s*\[\s*server\s*\]" if table == "server" else r"\s*\[\s*clients\.config\s*\]"
+    inside = False
+    for number in range(start, end):
+        line = lines[number]
+        if re.match(r"\s*\[", line):
+            inside = bool(re.match(header, line))
+            continue
+        inline = match is not None and re.match(r"\s*config\s*=\s*\{", line) and re.search(rf"\b{name}\s*=", line)
+        if (inside and re.match(rf"\s*{name}\s*=", line)) or inline:
+            return number + 1
+    return find_line(text, f"{table}.{name}")
 
 
 def _check_node_tables(scenario: Scenario, text: str) -> None:
@@ -281,6 +324,7 @@ def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | No
         if "mode" in table:
             raise ConfigError("the mode is the federation's: set [federation] mode (or koala run --mode)",
                               source=source, key=f"{key}.mode", line=find_line(text, f"{key}.mode"))
+        _refuse_split_overrides(key, table, source, text)
     ids = scenario.client_ids()
     if len(set(ids)) != len(ids):
         raise ConfigError("client ids collide; give each group its own prefix", source=source, key="clients")

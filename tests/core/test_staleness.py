@@ -63,3 +63,16 @@ def test_invalid_parameters_raise(kw) -> None:
 def test_default_is_fedbuff_inverse_sqrt() -> None:
     policy = StalenessPolicy()
     assert policy.weight(15) == pytest.approx(1 / math.sqrt(16))
+
+
+# -- damping: how far one batch moves the large model (FedAsync's alpha * w(s)) -----------------
+
+def test_each_arrival_buys_distill_steps_times_its_staleness_weight() -> None:
+    from koala_async.core.staleness import damped_steps
+
+    w = StalenessPolicy("polynomial", a=0.5).weight
+    assert damped_steps(40, [w(0)]) == 40  # fresh: the full grant
+    assert damped_steps(40, [w(8)]) == 13  # 8 stale: a third (round(40 / 3))
+    assert damped_steps(80, [w(0), w(3)]) == 60  # 40 * (1 + 0.5)
+    assert damped_steps(40, [w(10_000)]) == 1  # never below one step
+    assert damped_steps(0, [1.0]) == 0 and damped_steps(40, []) == 0  # nothing granted, nothing fused

@@ -37,7 +37,9 @@ async def test_a_server_and_three_clients_learn_over_the_in_memory_transport() -
     broker = MemoryBroker()
     started = time.perf_counter()
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(ServerNode(ServerConfig(distill_steps=40),
+        # 60, not 40: updates that queue behind a distillation are fused one version stale, and buy
+        # distill_steps * w(1) = 0.71 of the steps (staleness damping, core/staleness.py)
+        server = await stack.enter_async_context(ServerNode(ServerConfig(distill_steps=60),
                                                             transport=broker.factory))
         before = server.test_accuracy
         clients = [await stack.enter_async_context(ClientNode(client_config(i, 3), transport=broker.factory))
@@ -94,14 +96,17 @@ async def test_a_client_whose_link_dies_is_seen_offline_through_its_last_will() 
                                        handler=record)) as probe, \
             ClientNode(client_config(0, 1), transport=broker.factory) as client:
         await probe.wait_connected(5)
-        await wait_for(lambda: "c0" in server.state.presence and server.state.presence["c0"].online, 5,
-                       "the client online")
+        def online() -> bool:
+            presence = server.state.presence.get("c0")
+            return presence is not None and presence.online
+
+        await wait_for(online, 5, "the client online")
         broker.drop(client.transport.options.client_id)  # a network failure, not a goodbye
         await wait_for(lambda: any(s.state == "lost" for s in statuses), 5, "the last will")
         will = next(s for s in statuses if s.state == "lost")
         assert not will.online and will.sender == "c0"
         # the client reconnects by itself and says it is back; the server follows
-        await wait_for(lambda: statuses[-1].online and server.state.presence["c0"].online, 5, "back online")
-    assert server.state.presence["c0"].online is False or statuses[-1].state == "left"
+        await wait_for(lambda: statuses[-1].online and online(), 5, "back online")
+    assert "c0" not in server.state.presence  # it left: the server forgets its presence
     goodbye = decode(broker.retained[TOPICS.client_status("c0")].payload)
     assert isinstance(goodbye, Status) and goodbye.state == "left" and not goodbye.online  # a clean exit: no will
