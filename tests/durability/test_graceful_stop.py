@@ -17,7 +17,7 @@ import aiomqtt
 import numpy as np
 import pytest
 
-from koala_async.core.envelope import ProxySet, Status, Update, decode, encode
+from koala_async.core.envelope import ProxyManifest, Status, Update, decode, encode
 from koala_async.core.topics import Topics
 from koala_async.io.transport import BrokerAddress
 from koala_async.tools.processes import NodeProcess
@@ -44,13 +44,13 @@ def busy_cores() -> Iterator[None]:
 
 class Seen:
     def __init__(self) -> None:
-        self.proxy: ProxySet | None = None
+        self.proxy: ProxyManifest | None = None
         self.status: dict = {}
         self.statuses = 0
 
     def take(self, payload: bytes) -> None:
         message = decode(payload)
-        if isinstance(message, ProxySet):
+        if isinstance(message, ProxyManifest):
             self.proxy = message
         elif isinstance(message, Status) and message.online:
             self.status, self.statuses = message.info, self.statuses + 1
@@ -65,14 +65,14 @@ async def _watch(url: str, seen: Seen) -> None:
             seen.take(bytes(msg.payload))  # type: ignore[arg-type]
 
 
-async def _flood(url: str, proxy: ProxySet) -> None:
+async def _flood(url: str, proxy: ProxyManifest) -> None:
     """One valid update from each of SENDERS distinct clients, as fast as the broker takes them."""
     a = BrokerAddress.parse(url)
     rng = np.random.default_rng(1)
     seq = int(time.time() * 1000)
     payloads = [(f"s{i:04d}", encode(Update(
         sender=f"s{i:04d}", seq=seq, base_version=0, tier="image-small", n_samples=30, proxy_id=proxy.proxy_id,
-        logits=rng.normal(size=(len(proxy.inputs), proxy.num_classes)).astype(np.float16)))) for i in range(SENDERS)]
+        logits=rng.normal(size=(proxy.shape[0], proxy.num_classes)).astype(np.float16)))) for i in range(SENDERS)]
     async with aiomqtt.Client(a.host, a.port, identifier="stop-flood") as client:
         for start in range(0, len(payloads), 200):
             await asyncio.gather(*(client.publish(TOPICS.update(s), p, qos=1) for s, p in payloads[start:start + 200]))
@@ -104,11 +104,11 @@ async def _stop(server: NodeProcess) -> tuple[int | None, float]:
 def _assert_nothing_lost(state: Path) -> set[str]:
     """The checkpoint holds every sender's update, as pending or in the fusion; returns the fused senders."""
     from koala_async.io.checkpoint import CHECKPOINT, load_state
-    from koala_async.learning.fusion_state import unpack_contributions
 
     saved = load_state(state / CHECKPOINT)
     assert saved["metrics"]["accepted"] == SENDERS
-    fused = {c.sender for c in unpack_contributions(saved["learner"]["fusion"])}
+    fusion = saved["learner"]["fusion"]
+    fused = {str(fusion[f"c/{j}/sender"]) for j in range(int(fusion["count"]))}
     missing = {f"s{i:04d}" for i in range(SENDERS)} - fused - _senders(saved["pending"])
     assert not missing, f"{len(missing)} accepted updates are neither pending nor fused"
     return fused

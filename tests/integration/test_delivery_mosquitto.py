@@ -27,7 +27,7 @@ import pytest
 from waiting import wait_for
 
 from koala_async.core.backoff import Backoff
-from koala_async.core.envelope import Ack, ProxySet, Status, Update, decode
+from koala_async.core.envelope import Ack, ProxyManifest, Status, Update, decode
 from koala_async.core.topics import Topics
 from koala_async.io.base import Incoming
 from koala_async.io.broker import free_port
@@ -47,7 +47,7 @@ ACK_TIMEOUT = 6.0  # longer than the stall: what the broker drops is lost to its
 class BurstClient:
     """A client reduced to its delivery path: the real Outbox on a real MQTT link, acks fed back."""
 
-    def __init__(self, url: str, name: str, proxy: ProxySet) -> None:
+    def __init__(self, url: str, name: str, proxy: ProxyManifest) -> None:
         self.name = name
         self.proxy = proxy
         self.outbox = Outbox(name, TOPICS.update(name), EventHub(name), None, None, ack_timeout=ACK_TIMEOUT)
@@ -63,7 +63,7 @@ class BurstClient:
     async def burst(self, seq0: int) -> None:
         rng = np.random.default_rng(seq0)
         for seq in range(seq0, seq0 + UPDATES):
-            logits = rng.normal(size=(len(self.proxy.inputs), self.proxy.num_classes)).astype(np.float16)
+            logits = rng.normal(size=(self.proxy.shape[0], self.proxy.num_classes)).astype(np.float16)
             await self.outbox.send(self.transport, Update(
                 sender=self.name, seq=seq, base_version=0, tier="image-small", n_samples=50,
                 proxy_id=self.proxy.proxy_id, logits=logits, sent_at=time.time()), "image-small")
@@ -109,12 +109,12 @@ async def test_every_update_is_accounted_for_when_mosquitto_drops_what_a_stalled
     server = NodeProcess("server", "server", {
         "broker": url, "federation": FED, "dataset": "digits", "threads": 1, "distill_steps": 2,
         "status_interval": 0.5, "report_path": str(report)}, tmp_path)
-    proxies: list[ProxySet] = []
+    proxies: list[ProxyManifest] = []
     statuses: list[dict] = []
 
     def watch(message: Incoming) -> None:
         decoded = decode(message.payload)
-        if isinstance(decoded, ProxySet):
+        if isinstance(decoded, ProxyManifest):
             proxies.append(decoded)
         elif isinstance(decoded, Status) and decoded.info:
             statuses.append(decoded.info)

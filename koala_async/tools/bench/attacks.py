@@ -12,6 +12,7 @@ topic of an open broker, but it holds neither the server's Ed25519 key nor anyon
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import msgpack
 import numpy as np
 
-from koala_async.core.envelope import Ack, Knowledge, ProxySet, Status, Update, encode, pack_array
+from koala_async.core.envelope import Ack, Knowledge, ProxyManifest, Status, Update, encode, pack_array
 from koala_async.core.server_signing import MAGIC
 from koala_async.core.topics import Topics
 
@@ -79,8 +80,13 @@ def server_attacks(t: Target, seq: int) -> list[Attack]:
     inf[1, 1] = np.inf
     valid = encode(_update(t, seq + 90))
 
-    def u(**changes: object) -> bytes:  # refused ones: any number; accepted ones name theirs, increasing
-        return encode(_update(t, int(changes.pop("seq", seq)), **changes))  # type: ignore[call-overload]
+    # Every refused message gets a number of its own: the server answers a repeated (sender, seq) from
+    # its verdict memory (core/verdicts.py), so a second class sent under one number would be counted
+    # as that first verdict's repeat, not under its own reason.
+    fresh = itertools.count(seq)
+
+    def u(**changes: object) -> bytes:  # accepted ones name their seq, increasing
+        return encode(_update(t, int(changes.pop("seq", next(fresh))), **changes))  # type: ignore[call-overload]
 
     def body(**fields: object) -> bytes:  # an update body with raw fields (what encode would never make)
         return msgpack.packb({"tier": "image-small", "n": 50, "proxy": t.proxy_id, **fields}, use_bin_type=True)
@@ -90,23 +96,23 @@ def server_attacks(t: Target, seq: int) -> list[Attack]:
         Attack("not msgpack", "update", "server", {"not_msgpack": 2},
                [(up, b"\xc1\xc1 not msgpack", False), (up, os.urandom(64) + b"\xc1", False)]),
         Attack("deep nesting", "update", "server", {"too_deep": 2},
-               [(up, deep(), False), (up, envelope_with("update", ATTACKER, seq, deep()), False)]),
+               [(up, deep(), False), (up, envelope_with("update", ATTACKER, next(fresh), deep()), False)]),
         Attack("huge map", "update", "server", {"too_large": 1},
-               [(up, envelope_with("update", ATTACKER, seq, msgpack.packb({f"k{i}": i for i in range(100_000)})),
+               [(up, envelope_with("update", ATTACKER, next(fresh), msgpack.packb({f"k{i}": i for i in range(100_000)})),
                  False)]),
         Attack("huge string", "update", "server", {"too_large": 1}, [(up, u(tier="x" * 100_000), False)]),
         Attack("wrong kind", "update", "server", {"wrong_kind": 2},
                [(up, encode(Knowledge(ATTACKER, seq, 0, t.proxy_id, c, 3.0, None)), False),
                 (up, encode(Ack(ATTACKER, seq, ATTACKER, 1, True, "accepted", 0)), False)]),
         Attack("bad dtype", "update", "server", {"bad_dtype": 1, "bad_array": 1},
-               [(up, envelope_with("update", ATTACKER, seq, body(logits={"dtype": "<c16", "shape": [n, c],
+               [(up, envelope_with("update", ATTACKER, next(fresh), body(logits={"dtype": "<c16", "shape": [n, c],
                                                                           "data": b"\0" * (16 * n * c)})), False),
-                (up, envelope_with("update", ATTACKER, seq, body(logits=pack_array(f16.astype(np.float32)))), False)]),
+                (up, envelope_with("update", ATTACKER, next(fresh), body(logits=pack_array(f16.astype(np.float32)))), False)]),
         Attack("bad shape", "update", "server", {"bad_array": 1, "shape_mismatch": 2, "class_count": 1},
-               [(up, envelope_with("update", ATTACKER, seq, body(logits=pack_array(f16[None]))), False),
-                (up, envelope_with("update", ATTACKER, seq, body(logits=pack_array(f16),
+               [(up, envelope_with("update", ATTACKER, next(fresh), body(logits=pack_array(f16[None]))), False),
+                (up, envelope_with("update", ATTACKER, next(fresh), body(logits=pack_array(f16),
                                                                  ids=pack_array(np.arange(3, dtype=np.uint32)))), False),
-                (up, envelope_with("update", ATTACKER, seq, body(logits={"dtype": "<f2", "shape": [n, c],
+                (up, envelope_with("update", ATTACKER, next(fresh), body(logits={"dtype": "<f2", "shape": [n, c],
                                                                           "data": b"\0" * 10})), False),
                 (up, u(logits=np.zeros((n, c + 1), np.float16)), False)]),
         Attack("NaN / inf", "update", "server", {"non_finite": 2}, [(up, u(logits=nan), False), (up, u(logits=inf), False)]),
@@ -123,12 +129,12 @@ def server_attacks(t: Target, seq: int) -> list[Attack]:
         Attack("replayed update", "update", "server", {"duplicate": 3}, [(up, valid, False)] * 4),
         Attack("oversize payload", "update", "server", {"too_large": 1}, [(up, b"\x92" + b"\0" * (9 << 20), False)]),
         Attack("2 MiB status info", "status", "server", {"too_large": 2},
-               [(st, envelope_with("status", ATTACKER, seq, msgpack.packb(
+               [(st, envelope_with("status", ATTACKER, next(fresh), msgpack.packb(
                    {"role": "client", "online": True, "info": {"blob": "x" * (2 << 20)}})), False),
-                (st, envelope_with("status", ATTACKER, seq, msgpack.packb(
+                (st, envelope_with("status", ATTACKER, next(fresh), msgpack.packb(
                     {"role": "client", "online": True, "info": {f"k{i}": "x" * 200 for i in range(10_000)}})), False)]),
         Attack("deep status", "status", "server", {"too_deep": 1},
-               [(st, envelope_with("status", ATTACKER, seq, b"\x83" + msgpack.packb("role") + msgpack.packb("client")
+               [(st, envelope_with("status", ATTACKER, next(fresh), b"\x83" + msgpack.packb("role") + msgpack.packb("client")
                                    + msgpack.packb("online") + msgpack.packb(True) + msgpack.packb("info")
                                    + b"\x81\xa1a" + deep(40)), False)]),
         Attack("status for another id", "status", "server", {"sender_mismatch": 1},
@@ -145,7 +151,8 @@ def client_attacks(t: Target, seq: int) -> list[Attack]:
     k, p = len(t.clients), t.topics
     forged = encode(Knowledge("server", seq, 10**6, t.proxy_id, t.num_classes, 3.0,
                               np.zeros((t.n_proxy, t.num_classes), np.float16)))
-    proxy = encode(ProxySet("server", seq, "forged-proxy", np.zeros((t.n_proxy, 64), np.float32), t.num_classes))
+    proxy = encode(ProxyManifest("server", seq, "forged-proxy", "<f4", (t.n_proxy, 64), t.num_classes, 1 << 22,
+                                 (bytes(32),)))
     return [
         Attack("forged knowledge (unsigned)", "knowledge", "clients", {"unsigned": k},
                [(p.knowledge, forged, False)]),

@@ -61,7 +61,7 @@ async def flood_cadence(workdir: Path, ids: int = 10_000, window: float = 30.0, 
         assert obs.proxy is not None
         spec = {"broker": fleet.url, "federation": settings.federation, "ids": ids, "rounds": 1, "rate": rate,
                 "duration": 10 * window + 2 * ids / max(rate, 1),
-                "proxy_id": obs.proxy.proxy_id, "n_proxy": len(obs.proxy.inputs),
+                "proxy_id": obs.proxy.proxy_id, "n_proxy": obs.proxy.shape[0],
                 "num_classes": obs.proxy.num_classes}
         spec_path = workdir / "flood.json"
         spec_path.write_text(json.dumps(spec))

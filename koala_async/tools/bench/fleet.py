@@ -22,7 +22,7 @@ from typing import Any
 
 import aiomqtt
 
-from koala_async.core.envelope import Ack, Knowledge, ProxySet, Status, decode
+from koala_async.core.envelope import Ack, Knowledge, ProxyManifest, Status, decode
 from koala_async.core.server_signing import is_sealed, open_sealed, parse_public_key, write_keypair
 from koala_async.core.topics import Topics
 from koala_async.errors import MessageError
@@ -58,7 +58,7 @@ class Observer:
     status_undecodable: int = 0
     versions: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, knowledge version)
     knowledge_payloads: list[bytes] = field(default_factory=list)  # sealed, as published (for replays)
-    proxy: ProxySet | None = None
+    proxy: ProxyManifest | None = None
     proxy_payload: bytes = b""
     clients: dict[str, dict[str, Any]] = field(default_factory=dict)  # client id -> latest status info
     acks: list[Ack] = field(default_factory=list)
@@ -92,14 +92,14 @@ class Observer:
             message = decode(open_sealed(payload, self._keys, t.federation) if sealed else payload)
         except MessageError:
             return  # not the server's: an attack on this topic, or a forged retained message
-        if isinstance(message, (Knowledge, ProxySet)) and not sealed:
+        if isinstance(message, (Knowledge, ProxyManifest)) and not sealed:
             return  # a forgery: the server signs these
         if isinstance(message, Knowledge) and topic == t.knowledge:
             if not self.versions or message.version != self.versions[-1][1]:
                 self.versions.append((now, message.version))
             self.knowledge_payloads.append(payload)
             del self.knowledge_payloads[:-8]
-        elif isinstance(message, ProxySet) and topic == t.proxy:
+        elif isinstance(message, ProxyManifest) and topic == t.proxy:
             self.proxy, self.proxy_payload = message, payload
         elif isinstance(message, Status) and message.sender in self.client_ids:
             self.clients[message.sender] = message.info

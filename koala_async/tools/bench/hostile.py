@@ -160,7 +160,7 @@ async def run_hostile(workdir: Path, settings: HostileSettings = HostileSettings
             obs.clients.get(c, {}).get("knowledge_version", 0) > 1 for c in fleet.client_ids), 120,
             "every client to hold a knowledge version newer than the first", fleet)
         assert obs.proxy is not None
-        target = Target(fleet.topics, obs.proxy.proxy_id, len(obs.proxy.inputs), obs.proxy.num_classes,
+        target = Target(fleet.topics, obs.proxy.proxy_id, obs.proxy.shape[0], obs.proxy.num_classes,
                         obs.version, obs.knowledge_payloads[0], fleet.client_ids)
         accuracy_before = obs.server_status.get("test_accuracy")
         seq = int(time.time() * 1000)
