@@ -25,6 +25,7 @@ from koala_async.learning.learner import load_server_data
 
 if TYPE_CHECKING:
     from koala_async.core.server_state import Arrival
+    from koala_async.learning.large_model import LargeModel
     from koala_async.nodes.config import ServerConfig
 
 
@@ -36,15 +37,19 @@ class AveragingLearner:
         self.model_name = ""
         self.test_accuracy = float("nan")
         self.lock = threading.Lock()
+        self.large: LargeModel | None = None  # set by prepare()
 
     def prepare(self) -> None:
-        from koala_async.learning.models import build_model, default_large
+        from koala_async.learning.large_model import build_large
 
         cfg = self.config
         self.data = load_server_data(cfg)
-        self.model_name = cfg.large_model or default_large(self.data.spec.kind)
-        # The same architecture and seed as KOALA's large model.
-        self.model = build_model(self.model_name, self.data.spec, seed=cfg.seed)
+        # The same architecture, seed and starting weights (large_weights) as KOALA's large model: the
+        # first global model clients download is the pretrained one. It lives on the server's device
+        # (evaluation runs there); what is published is copied back to the CPU.
+        self.large = build_large(cfg, self.data.spec)
+        self.model_name = self.large.name
+        self.model = self.large.model.to(self.large.device)
         self.layout = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
         self.test_accuracy = self.evaluate()
         self._payload_version = -1
@@ -74,7 +79,7 @@ class AveragingLearner:
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
         if self._weights is None or self._payload_version != version:
             with self.lock:
-                params = {name: t.detach().numpy().astype(np.float32, copy=True)
+                params = {name: t.detach().cpu().numpy().astype(np.float32, copy=True)
                           for name, t in self.model.state_dict().items()}
             self._weights = Weights(sender=self.config.node_id, seq=self.next_seq(), base_version=version,
                                     model=self.model_name, n_samples=0, params=params, sent_at=time.time())
@@ -82,7 +87,8 @@ class AveragingLearner:
         return [(self.topics.model, self._weights)]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"large_model": self.model_name, "test_accuracy": self.test_accuracy}
+        large = self.large.describe() if self.large is not None else {"large_model": self.model_name}
+        return {**large, "test_accuracy": self.test_accuracy}
 
     def identity(self) -> dict[str, str]:
         return {"model_name": self.model_name}

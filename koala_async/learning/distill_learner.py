@@ -31,6 +31,7 @@ from koala_async.learning.learner import ServerData, load_server_data
 
 if TYPE_CHECKING:
     from koala_async.core.server_state import Arrival
+    from koala_async.learning.large_model import LargeModel
     from koala_async.nodes.config import ServerConfig
 
 
@@ -47,23 +48,26 @@ class DistillLearner:
         # The distill thread and checkpoint captures take turns on the model.
         self.lock = threading.Lock()
         self._ctx: AdmissionContext | None = None
+        self.large: LargeModel | None = None  # set by prepare()
 
     # -- setup ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         from koala_async.learning import data as datasets
         from koala_async.learning.distill import Distiller
-        from koala_async.learning.models import build_model, default_large
+        from koala_async.learning.large_model import build_large
 
         cfg = self.config
         self.data: ServerData = load_server_data(cfg)
         self.spec = self.data.spec
         self.proxy_x = self.data.proxy_x
         self.proxy_id = datasets.proxy_id(self.proxy_x)
-        self.model_name = cfg.large_model or default_large(self.spec.kind)
-        self.distiller = Distiller(build_model(self.model_name, self.spec, seed=cfg.seed), lr=cfg.lr,
-                                   temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
-                                   augment=cfg.augment)
+        # the configured network and its starting weights; distillation and evaluation run on its device
+        self.large = build_large(cfg, self.spec)
+        self.model_name = self.large.name
+        self.distiller = Distiller(self.large.model, lr=cfg.lr, temperature=cfg.temperature,
+                                   batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
+                                   finetune=cfg.finetune, device=self.large.device)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
         self.test_accuracy = self.evaluate()
 
@@ -119,8 +123,17 @@ class DistillLearner:
         return [(self.topics.proxy, proxy), (self.topics.knowledge, knowledge)]
 
     def snapshot(self) -> dict[str, Any]:
-        return {"large_model": self.model_name, "test_accuracy": self.test_accuracy,
-                "tier_trust": self.trust.as_dict(), "distill_steps_skipped": self.steps_skipped}
+        large = self.large.describe() if self.large is not None else {"large_model": self.model_name}
+        return {**large, "test_accuracy": self.test_accuracy, "tier_trust": self.trust.as_dict(),
+                "distill_steps_skipped": self.steps_skipped, "finetune": self._finetune_summary()}
+
+    def _finetune_summary(self) -> dict[str, Any] | None:
+        if self.large is None:
+            return None
+        d, ft = self.distiller, self.config.finetune
+        return {"train": ft.train if isinstance(ft.train, str) else list(ft.train), "schedule": ft.schedule,
+                "trainable_params": sum(p.numel() for p in d.model.parameters() if p.requires_grad),
+                "lr_now": d.current_lr(), "steps_done": d.steps_done}
 
     # -- checkpoints ---------------------------------------------------------------------------
 
@@ -140,7 +153,11 @@ class DistillLearner:
             }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.distiller.model.load_state_dict(state["model"])
+        # A checkpoint holds CPU tensors (io/checkpoint.py); map them back onto the model's device.
+        # (load_state_dict would copy across devices anyway; the optimizer's moments follow their
+        # parameters in Optimizer.load_state_dict.)
+        device = self.distiller.device
+        self.distiller.model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         self.distiller.optimizer.load_state_dict(state["optimizer"])
         self.distiller.steps_done = int(state["steps_done"])
         self.steps_skipped = int(state.get("steps_skipped", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from koala_async.core.finetune import FineTune
 from koala_async.core.fusion import FusionConfig
 from koala_async.core.modes import DEFAULT_MODE, Mode
 from koala_async.core.resources import PROFILES
@@ -35,7 +36,14 @@ class ServerConfig:
     proxy_fraction: float = 0.25
     proxy_path: str | None = None
     test_path: str | None = None
+    # The large model: a built-in name (``mobilenet_v2@64``), ``package.module:factory`` or an entry point
+    # (learning/registry.py); its starting weights (a .safetensors file, a torch state dict, or
+    # ``builtin:imagenet-mobilenet_v2``; a head for another class count is replaced), what of it trains,
+    # and where it runs: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, then MPS, then CPU).
     large_model: str | None = None
+    large_weights: str | None = None
+    finetune: FineTune = field(default_factory=FineTune)
+    device: str = "cpu"
     temperature: float = 3.0
     lr: float = 1e-3
     batch_size: int = 64
@@ -95,6 +103,9 @@ class ServerConfig:
         object.__setattr__(self, "mode", Mode.parse(self.mode))
         if self.round_timeout <= 0 or self.round_min_clients < 1:
             raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
+        from koala_async.learning.config_checks import check_server
+
+        check_server(self)  # model names, weights, device: a ConfigError naming the key
 
 
 

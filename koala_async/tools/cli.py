@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from koala_async.errors import KoalaError
+from koala_async.errors import ConfigError, KoalaError
 
 T = TypeVar("T")
 log = logging.getLogger("koala_async")
@@ -160,6 +160,13 @@ def cmd_client(args: argparse.Namespace) -> int:
                                    "profile": "profile",
                                    **_SECURITY_FLAGS, "state_dir": "state_dir", "mode": "mode"}))
     config = load_into(ClientConfig, table, source=source, text=text, prefix="client" if source else "")
+    from koala_async.config import rekey
+    from koala_async.learning.config_checks import check_client
+
+    try:
+        check_client(config)  # imports torch, which the node is about to load anyway
+    except ConfigError as exc:
+        rekey(exc, "client" if source else "", source, text)
     if args.dry_run:
         from koala_async.tools.dryrun import plan, render
 

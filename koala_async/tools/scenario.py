@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from koala_async.config import find_line, load_into, read_toml
+from koala_async.config import find_line, load_into, read_toml, rekey
 from koala_async.core.envelope import MODES
 from koala_async.errors import ConfigError
 from koala_async.tools.timeline import (
@@ -195,7 +195,9 @@ class Scenario:
 
 def _check_node_tables(scenario: Scenario, text: str) -> None:
     """Validate the free-form server and client tables against the node config classes now, so a
-    typo fails before any process starts."""
+    typo, an unknown model name, a module that does not import or missing weights fail before any
+    process starts (the server's checks run in its config; a client's in ``check_client``)."""
+    from koala_async.learning.config_checks import check_client
     from koala_async.nodes.client import ClientConfig
     from koala_async.nodes.server import ServerConfig
 
@@ -204,8 +206,12 @@ def _check_node_tables(scenario: Scenario, text: str) -> None:
     configs = scenario.client_configs("mqtt://127.0.0.1:1")
     first = 0
     for gi, group in enumerate(scenario.clients):
-        load_into(ClientConfig, configs[first], source=scenario.source, text=text,
-                  prefix=f"clients[{gi}].config")
+        prefix = f"clients[{gi}].config"
+        config = load_into(ClientConfig, configs[first], source=scenario.source, text=text, prefix=prefix)
+        try:
+            check_client(config)
+        except ConfigError as exc:
+            rekey(exc, prefix, scenario.source, text)
         first += group.count
 
 
