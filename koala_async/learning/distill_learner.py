@@ -146,6 +146,8 @@ class DistillLearner:
                 "model": {k: v.detach().clone() for k, v in self.distiller.model.state_dict().items()},
                 "optimizer": self.distiller.optimizer.state_dict(),
                 "steps_done": self.distiller.steps_done, "steps_skipped": self.steps_skipped,
+                # the sampling RNG too, so a resumed server draws the batches the uninterrupted one would
+                "generator": self.distiller.generator.get_state(),
                 "knowledge_logits": self.knowledge_logits, "test_accuracy": self.test_accuracy,
                 "fusion": [contribution_state(c) for c in self.fusion.contributions.values()],
                 "trust": {"agreement_ema": dict(self.trust.agreement_ema),
@@ -160,6 +162,8 @@ class DistillLearner:
         self.distiller.model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         self.distiller.optimizer.load_state_dict(state["optimizer"])
         self.distiller.steps_done = int(state["steps_done"])
+        if "generator" in state:  # absent from checkpoints written before it was kept
+            self.distiller.generator.set_state(state["generator"])
         self.steps_skipped = int(state.get("steps_skipped", 0))
         logits = state["knowledge_logits"]
         self.knowledge_logits = None if logits is None else np.asarray(logits, dtype=np.float16)
