@@ -58,7 +58,7 @@ class AveragingLearner:
     def evaluate(self) -> float:
         from koala_async.learning.distill import accuracy
 
-        return accuracy(self.model, self.data.test.x, self.data.test.y)
+        return accuracy(self.model, self.data.test.x, self.data.test.y, batch_size=self.config.batch_size)
 
     def admit(self, message: Message, topic_sender: str | None, version: int, seen: SeqWindow,
               now_ms: int | None = None) -> Decision | None:

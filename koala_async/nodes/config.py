@@ -118,6 +118,13 @@ class TrainSettings:
     # Adam learning rate when the client trains the server's large model instead (fedavg mode): a
     # 620k-parameter CNN wants a smaller step than a 10k one (on digits, 3e-3 beat 1e-2 for it).
     fedavg_lr: float = 3e-3
+    # Local epochs per round when training the large model (fedavg); unset = ``epochs``. A large model
+    # costs a client hundreds of times the FLOPs of its tier: fewer epochs keep a round's length sane.
+    fedavg_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or (self.fedavg_epochs is not None and self.fedavg_epochs < 1):
+            raise ValueError("epochs and fedavg_epochs must be >= 1")
 
 
 @dataclass(frozen=True)

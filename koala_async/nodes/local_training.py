@@ -239,7 +239,8 @@ class AveragingTask:
 
     def train(self, x: np.ndarray, y: np.ndarray, label_counts: np.ndarray | None,
               stop: threading.Event) -> Weights:
-        """Load the global weights, train ``train.epochs`` local epochs, return the new weights."""
+        """Load the global weights, train ``train.fedavg_epochs`` (else ``epochs``) local epochs, return
+        the new weights."""
         import torch
 
         from koala_async.learning.catalog import large_spec
@@ -254,7 +255,8 @@ class AveragingTask:
             self.tier = base.model
         self._model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in base.params.items()})
         # A fresh optimizer per round, as in FedAvg.
-        self.trainer = LocalTrainer(self._model, TrainConfig(epochs=t.epochs, batch_size=t.batch_size,
+        epochs = t.fedavg_epochs or t.epochs
+        self.trainer = LocalTrainer(self._model, TrainConfig(epochs=epochs, batch_size=t.batch_size,
                                                              lr=t.fedavg_lr, kd_weight=0.0),
                                     seed=cfg.seed + cfg.shard + 7919 * base.base_version)
         self.last_loss = self.trainer.train(x, y, stop=stop)

@@ -8,6 +8,7 @@ line, before any process starts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from koala_async.config import find_line, load_into, read_toml, rekey
 from koala_async.core.envelope import MODES
 from koala_async.errors import ConfigError
+from koala_async.tools.overrides import apply_overrides
 from koala_async.tools.timeline import (
     ACTIONS,
     Event,
@@ -259,10 +261,13 @@ def _build_timeline(scenario: Scenario, text: str) -> tuple[tuple[Event, ...], t
     return tuple(sorted(events, key=lambda e: (e.at, e.order))), tuple(sorted(late))
 
 
-def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | None = None) -> Scenario:
+def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | None = None,
+                  sets: Sequence[str] = (), unsets: Sequence[str] = ()) -> Scenario:
     """Load and validate a scenario file. ``broker`` ("embedded", "mosquitto" or an mqtt:// URL)
-    overrides the file's [broker] table, ``mode`` its ``[federation] mode``."""
+    overrides the file's [broker] table, ``mode`` its ``[federation] mode``; ``sets`` (``KEY=VALUE``)
+    and ``unsets`` (``KEY``) change any key first (:mod:`koala_async.tools.overrides`)."""
     data, text = read_toml(path)
+    apply_overrides(data, sets, unsets)
     source = str(path)
     scenario = load_into(Scenario, {**data, "source": source}, source=source, text=text)
     if "timeline" in data:
