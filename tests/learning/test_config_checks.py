@@ -119,6 +119,6 @@ def test_koala_client_refuses_a_bad_tier_before_connecting(tmp_path: Path) -> No
     config = tmp_path / "client.toml"
     config.write_text('[client]\nbroker = "mqtt://127.0.0.1:1"\ntier = "image-smal"\n')
     proc = subprocess.run([sys.executable, "-m", "koala_async", "client", "--config", str(config)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert f"{config}:3 [client.tier]: unknown model 'image-smal'" in proc.stderr
