@@ -103,3 +103,17 @@ def test_tuning_holds_out_validation_from_the_private_pool_only() -> None:
     assert sum(out["shard_sizes"]) == out["tuning_pool"] and len(out["shard_sizes"]) == scenario.num_clients
     assert set(out) >= {"client", "server_scratch", "fedavg"} and "server_pretrained" not in out
     assert 0 <= out["fedavg"]["curves"]["0.001"][0] <= 1
+
+
+def test_the_dev_file_holds_everything_but_the_test_split(tmp_path: Path) -> None:
+    import numpy as np
+
+    scenario = load_scenario(SCENARIOS / "finetune.toml", sets=SMALL, unsets=["server.large_weights"])
+    path = tmp_path / "dev.npz"
+    n = tune_finetune.write_dev_npz(scenario, str(path))
+    splits = centralized.federation_data(scenario).splits
+    dev = np.load(path)
+    assert n == len(dev["y"]) == len(splits.private) + len(splits.proxy)
+    rows = {r.tobytes() for r in dev["x"]}
+    test_rows = {r.tobytes() for r in splits.test.x}
+    assert not rows & test_rows  # digits has no duplicate images across splits

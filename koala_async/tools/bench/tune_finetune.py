@@ -19,6 +19,11 @@ tuned in process, one-shot, with the scenario's own models and settings:
 
 This is a cheaper stand-in for full federation runs (one fusion instead of many, no staleness), used to
 rank candidates; the budgets (steps, updates, rounds) are set by what fits the time limit.
+
+``--dev-npz PATH`` instead writes the scenario's data without its test split (private pool and proxy
+set, with labels) as an ``.npz``: a whole federation can then be rehearsed on validation, e.g.
+``koala run scenarios/finetune.toml --set 'federation.dataset="npz:PATH"'``, whose own held-out split is
+carved from that file and never from the real test split.
 """
 
 from __future__ import annotations
@@ -156,6 +161,15 @@ def tune(scenario: Any, client_lrs: list[float], server_lrs: list[float], server
     return out
 
 
+def write_dev_npz(scenario: Any, path: str) -> int:
+    """Write the scenario's private pool and proxy set (not its test split), labelled, to ``path``."""
+    splits = federation_data(scenario).splits
+    x = np.concatenate([splits.private.x, splits.proxy.x])
+    y = np.concatenate([splits.private.y, splits.proxy.y])
+    np.savez_compressed(path, x=x, y=y)
+    return len(y)
+
+
 def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v]
 
@@ -178,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as in koala run")
     p.add_argument("--json", help="write the result here")
+    p.add_argument("--dev-npz", help="only write the data without its test split here (see the module doc)")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.dev_npz:
+        write_dev_npz(load_scenario(args.scenario, sets=args.set), args.dev_npz)
+        return 0
     result = tune(load_scenario(args.scenario, sets=args.set), _floats(args.client_lrs), _floats(args.server_lrs),
                   args.server_steps, _floats(args.fedavg_lrs), args.fedavg_rounds, args.validation,
                   set(filter(None, args.skip.split(","))))
