@@ -86,6 +86,8 @@ class Continuous:
                 arrived.clear()
                 await _wait(arrived, deadline - time.monotonic())
         arrived.clear()
+        if not state.pending:  # woken by a presence change: nothing to learn, so no new version
+            return None
         arrivals = state.take()
         # Arrivals that queued up while the last distillation ran still each buy training.
         return Batch(arrivals, self.distill_steps * min(len(arrivals), max(4, self.buffer_size)))
