@@ -40,12 +40,13 @@ class LargeModel:
     weights_setting: str | None = None  # what the config said (``builtin:...`` or a path)
 
     def describe_weights(self) -> dict[str, Any] | None:
-        """The load report as plain data, for the server's status and report."""
+        """The load report as plain data, for the server's status and report (flat: a status's info is
+        at most four levels deep, see core/info.py)."""
         if self.weights is None:
             return None
         r = self.weights
         return {"setting": self.weights_setting, "path": r.path, "loaded": len(r.loaded),
-                "replaced": [{"name": k, "file": list(f), "model": list(m)} for k, f, m in r.replaced],
+                "replaced": [f"{k}: {list(f)} -> {list(m)}" for k, f, m in r.replaced],
                 "missing": list(r.missing), "unexpected": list(r.unexpected)}
 
     def describe(self) -> dict[str, Any]:
