@@ -152,3 +152,10 @@ def test_weighted_average_refuses_nothing_and_non_positive_weights() -> None:
         weighted_average([])
     with pytest.raises(ValueError):
         weighted_average([({"w": np.zeros(1, np.float32)}, 0.0)])
+
+
+def test_the_weights_of_a_real_large_model_pass_the_default_limits() -> None:
+    """MobileNetV2 has 314 state tensors (BatchNorm statistics included), ResNet-50 320: FedAvg of
+    them must get through the decoder that bounds every message."""
+    layout = {f"features.{i}.weight": np.zeros(2, np.float32) for i in range(320)}
+    assert len(decode(encode(weights(params=layout))).params) == 320
