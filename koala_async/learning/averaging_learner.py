@@ -20,7 +20,7 @@ from koala_async.core.admission import Decision
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Message, Weights
 from koala_async.core.topics import Topics
-from koala_async.core.weights import admit_weights, weighted_average
+from koala_async.core.weights import admit_weights, conform, weighted_average
 from koala_async.learning.learner import load_server_data
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ class AveragingLearner:
             return
         averaged = weighted_average([(a.message.params, float(a.message.n_samples)) for a in batch])
         with self.lock:
-            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in averaged.items()})
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in conform(averaged, self.layout).items()})
             self.test_accuracy = self.evaluate()
 
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:

@@ -27,7 +27,7 @@ from koala_async.core.envelope import Knowledge, Message, ProxySet, Update, Weig
 from koala_async.core.resources import ResourceSnapshot
 from koala_async.core.tiering import TierSpec, choose_tier, next_tier
 from koala_async.core.topics import Topics
-from koala_async.core.weights import check_weights
+from koala_async.core.weights import check_weights, conform
 
 if TYPE_CHECKING:
     from koala_async.learning.models import InputSpec
@@ -253,7 +253,9 @@ class AveragingTask:
             self._model = build_model(base.model, spec, seed=cfg.seed)
             large_spec(spec, base.model)  # measured once here, off the event loop
             self.tier = base.model
-        self._model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in base.params.items()})
+        layout = self._layouts[base.model]  # take() measured it before accepting the model
+        assert layout is not None
+        self._model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in conform(base.params, layout).items()})
         # A fresh optimizer per round, as in FedAvg.
         epochs = t.fedavg_epochs or t.epochs
         self.trainer = LocalTrainer(self._model, TrainConfig(epochs=epochs, batch_size=t.batch_size,
