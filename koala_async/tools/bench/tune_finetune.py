@@ -12,8 +12,9 @@ tuned in process, one-shot, with the scenario's own models and settings:
 1. client lr: each client trains its tier on its shard alone for ``epochs x max_updates`` epochs (what
    a client trains over a run, without the server's knowledge); mean validation accuracy;
 2. server lr (KOALA), from the pretrained weights and from scratch: the clients trained with the chosen
-   lr publish logits on the proxy set, fused as the server fuses them (mean of tempered probabilities,
-   weighted by sample count), and the large model is distilled on them for ``--server-steps`` steps;
+   lr publish logits on the proxy set, fused by the server's own ``Fusion`` (the scenario's fusion
+   settings, the clients' label counts), and the large model is distilled on them for
+   ``--server-steps`` steps;
 3. FedAvg client lr: ``--fedavg-rounds`` rounds of FedAvg of the large model from the pretrained
    weights (``fedavg_epochs`` local epochs each, the clients' Adam), averaged by sample count.
 
@@ -67,16 +68,22 @@ def _train_clients(shards: list[Dataset], tier: str, lr: float, epochs: int, bat
     return models
 
 
-def fused_targets(models: list[Any], sizes: list[int], proxy_x: np.ndarray, temperature: float) -> np.ndarray:
-    """Sample-count-weighted mean of the clients' tempered probabilities on the proxy set."""
+def fused_targets(models: list[Any], shards: list[Dataset], proxy_x: np.ndarray, cfg: ServerConfig) -> np.ndarray:
+    """The server's fused targets after one update from every client: its own
+    :class:`~koala_async.core.fusion.Fusion` with the scenario's fusion and staleness settings (label
+    counts included, as clients send them), all updates built on version 0."""
+    from koala_async.core.fusion import Fusion
     from koala_async.learning.distill import predict_logits
 
-    probs = []
-    for model in models:
-        z = predict_logits(model, proxy_x) / temperature
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        probs.append(e / e.sum(axis=1, keepdims=True))
-    return (np.tensordot(np.asarray(sizes, dtype=np.float64), np.stack(probs), axes=1) / sum(sizes)).astype(np.float32)
+    classes = shards[0].spec.num_classes
+    fusion = Fusion(len(proxy_x), classes, cfg.fusion, cfg.staleness)
+    for k, (model, shard) in enumerate(zip(models, shards)):
+        logits = predict_logits(model, proxy_x).astype(np.float16)
+        counts = np.bincount(shard.y, minlength=classes).astype(np.uint32)
+        fusion.add(f"c{k}", "tier", 0, logits, None, fusion.arrival_weight(0, len(shard)), counts)
+    targets, mask = fusion.targets(0)
+    assert mask.all()
+    return targets.astype(np.float32)
 
 
 def distill_score(cfg: ServerConfig, proxy_x: np.ndarray, targets: np.ndarray, val: Dataset, lr: float,
@@ -142,7 +149,7 @@ def tune(scenario: Any, client_lrs: list[float], server_lrs: list[float], server
     out["client"] = {"scores": client_scores, "lr": client_lr}
     models = _train_clients(shards, tier, client_lr, epochs, client.train.batch_size, f.seed)
     proxy_x = fed.splits.proxy.x.astype(np.float32)
-    targets = fused_targets(models, [len(s) for s in shards], proxy_x, cfg.temperature)
+    targets = fused_targets(models, shards, proxy_x, cfg)
     for init in ("pretrained", "scratch"):
         if init in skip:
             continue
