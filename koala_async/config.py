@@ -124,8 +124,18 @@ def load_into(cls: type[T], data: dict[str, Any], *, source: str | None = None, 
         _fail(f"missing required key(s) {missing}", prefix, source, text)
     try:
         return cls(**kwargs)
+    except ConfigError as exc:  # a check in __post_init__ that names its own key (a model name, a device)
+        rekey(exc, prefix, source, text)
     except (ValueError, TypeError) as exc:
         _fail(str(exc), prefix, source, text)
+
+
+def rekey(exc: ConfigError, prefix: str, source: str | None, text: str | None) -> typing.NoReturn:
+    """Raise ``exc`` again with its key under ``prefix`` (``tier`` -> ``clients[0].config.tier``) and
+    the file and line where that key stands."""
+    key = ".".join(p for p in (prefix, exc.key or "") if p)
+    raise ConfigError(exc.message, source=source or exc.source, key=key or None,
+                      line=find_line(text, key) if key else exc.line) from exc
 
 
 def read_toml(path: str | Path) -> tuple[dict[str, Any], str]:

@@ -24,6 +24,7 @@ class ConfigError(KoalaError):
 
     def __init__(self, message: str, *, source: str | None = None, key: str | None = None,
                  line: int | None = None) -> None:
+        self.message = message  # without the "file:line [key]" prefix
         self.source = source
         self.key = key
         self.line = line

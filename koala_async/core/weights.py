@@ -27,9 +27,20 @@ def check_weights(params: Mapping[str, np.ndarray], expected: Layout) -> str | N
     if names - wanted:
         return "unknown_parameter"
     for name, shape in expected.items():
-        if tuple(params[name].shape) != tuple(shape):
+        if not _fits(params[name].shape, shape):
             return "shape_mismatch"
     return None
+
+
+def _fits(got: tuple[int, ...], shape: tuple[int, ...]) -> bool:
+    # A 0-d tensor (BatchNorm's num_batches_tracked) travels as shape (1,): the wire carries 1 to 4 dims.
+    return tuple(got) == tuple(shape) or (tuple(shape) == () and tuple(got) == (1,))
+
+
+def conform(params: Mapping[str, np.ndarray], expected: Layout) -> dict[str, np.ndarray]:
+    """``params`` (checked with :func:`check_weights`) in exactly the shapes of ``expected``, ready for
+    ``load_state_dict``: what arrived as shape (1,) for a 0-d tensor becomes 0-d again."""
+    return {name: np.asarray(params[name]).reshape(shape) for name, shape in expected.items()}
 
 
 def weighted_average(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -> dict[str, np.ndarray]:

@@ -23,11 +23,12 @@ from koala_async.core.admission import Decision
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Message, Weights
 from koala_async.core.topics import Topics
-from koala_async.core.weights import admit_weights, weighted_average
+from koala_async.core.weights import admit_weights, conform, weighted_average
 from koala_async.learning.learner import load_server_data
 
 if TYPE_CHECKING:
     from koala_async.core.server_state import Arrival
+    from koala_async.learning.large_model import LargeModel
     from koala_async.nodes.config import ServerConfig
 
 
@@ -38,19 +39,22 @@ class AveragingLearner:
         self.next_seq = next_seq
         self.model_name = ""
         self.lock = threading.Lock()
+        self.large: LargeModel | None = None  # set by prepare()
 
     def prepare(self) -> None:
-        from koala_async.learning.models import build_model, default_large
+        from koala_async.learning.evaluation import VersionScores
+        from koala_async.learning.large_model import build_large
 
         cfg = self.config
-        from koala_async.learning.evaluation import VersionScores
-
         self.data = load_server_data(cfg, standardize=False)
-        self.model_name = cfg.large_model or default_large(self.data.spec.kind)
-        # The same architecture and seed as KOALA's large model.
-        self.model = build_model(self.model_name, self.data.spec, seed=cfg.seed)
+        # The same architecture, seed and starting weights (large_weights) as KOALA's large model: the
+        # first global model clients download is the pretrained one. It lives on the server's device
+        # (evaluation runs there); what is published is copied back to the CPU.
+        self.large = build_large(cfg, self.data.spec)
+        self.model_name = self.large.name
+        self.model = self.large.model.to(self.large.device)
         self.layout = {name: tuple(t.shape) for name, t in self.model.state_dict().items()}
-        self.scores = VersionScores(self.data.validation, self.data.test)
+        self.scores = VersionScores(self.data.validation, self.data.test, cfg.batch_size)
         self.scores.evaluate(self.model, 0)
         self._payload_version = -1
         self._weights: Weights | None = None
@@ -73,13 +77,13 @@ class AveragingLearner:
             return
         averaged = weighted_average([(a.message.params, float(a.message.n_samples)) for a in batch])
         with self.lock:
-            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in averaged.items()})
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in conform(averaged, self.layout).items()})
             self.scores.evaluate(self.model, version + 1)
 
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
         if self._weights is None or self._payload_version != version:
             with self.lock:
-                params = {name: t.detach().numpy().astype(np.float32, copy=True)
+                params = {name: t.detach().cpu().numpy().astype(np.float32, copy=True)
                           for name, t in self.model.state_dict().items()}
             self._weights = Weights(sender=self.config.node_id, seq=self.next_seq(), base_version=version,
                                     model=self.model_name, n_samples=0, params=params, sent_at=time.time())
@@ -90,7 +94,8 @@ class AveragingLearner:
         return ()  # FedAvg has no proxy set
 
     def snapshot(self) -> dict[str, Any]:
-        return {"large_model": self.model_name, **self.scores.snapshot()}
+        large = self.large.describe() if self.large is not None else {"large_model": self.model_name}
+        return {**large, **self.scores.snapshot()}
 
     def identity(self) -> dict[str, str]:
         return {"model_name": self.model_name}

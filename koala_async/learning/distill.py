@@ -62,10 +62,12 @@ def predict_logits(model: nn.Module, x: np.ndarray, batch_size: int = 512,
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
-def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | str | None = None) -> float:
+def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, device: torch.device | str | None = None,
+             batch_size: int = 512) -> float:
+    """Top-1 accuracy of ``model`` on ``(x, y)`` (NaN for no samples)."""
     if len(y) == 0:
         return float("nan")
-    return float((predict_logits(model, x, device=device).argmax(axis=1) == y).mean())
+    return float((predict_logits(model, x, batch_size, device=device).argmax(axis=1) == y).mean())
 
 
 @dataclass

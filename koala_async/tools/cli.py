@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-from koala_async.errors import KoalaError
+from koala_async.errors import ConfigError, KoalaError
 
 T = TypeVar("T")
 log = logging.getLogger("koala_async")
@@ -105,7 +105,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from koala_async.tools.runner import run_scenario
     from koala_async.tools.scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, broker=args.broker, mode=args.mode)  # fails fast: nothing started
+    scenario = load_scenario(args.scenario, broker=args.broker, mode=args.mode, sets=args.set or (),
+                             unsets=args.unset or ())  # fails fast: nothing started
     # SIGTERM (a CI job being cancelled) unwinds like Ctrl-C, so every started process is reaped.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     # The runner's own broker link drops on a broker restart by design; the view shows the events.
@@ -178,6 +179,13 @@ def cmd_client(args: argparse.Namespace) -> int:
                                    "profile": "profile",
                                    **_SECURITY_FLAGS, "state_dir": "state_dir", "mode": "mode"}))
     config = load_into(ClientConfig, table, source=source, text=text, prefix="client" if source else "")
+    from koala_async.config import rekey
+    from koala_async.learning.config_checks import check_client
+
+    try:
+        check_client(config)  # imports torch, which the node is about to load anyway
+    except ConfigError as exc:
+        rekey(exc, "client" if source else "", source, text)
     if args.dry_run:
         from koala_async.tools.dryrun import plan, render
 
@@ -244,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("async", "sync", "fedavg"),
                    help="override the scenario's [federation] mode: async KOALA, KOALA in synchronous "
                         "rounds, or FedAvg of the large model")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a scenario key before validation, e.g. server.lr=3e-4 or "
+                        "clients.0.config.max_updates=4 (repeatable)")
+    p.add_argument("--unset", action="append", metavar="KEY",
+                   help="remove a scenario key, e.g. server.large_weights (repeatable)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("bench", help="compare modes, benchmark server ingest, ramp clients (docs/bench.md)")

@@ -29,6 +29,7 @@ from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
 from koala_async.tools.linkproxy import LinkProxy
 from koala_async.tools.processes import NodeProcess, ProcessSet
+from koala_async.tools.savings import measure_run_models, savings
 from koala_async.tools.scenario import Scenario
 from koala_async.tools.timeline import Event, Scheduler
 
@@ -201,6 +202,9 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
                        workdir: str | None = None, plot_path: str | None = None,
                        local_reference: bool = True) -> tuple[dict[str, Any], int]:
     """Run ``scenario``; returns (report, exit code): 0 when it completed and every assertion held."""
+    # Sizes and FLOPs of the large model and the tiers, for the report. Counted before anything starts
+    # (and before the clock does): it warms the FLOPs cache the clients read as they start.
+    measured = await asyncio.to_thread(measure_run_models, scenario.server_config(""), scenario.client_configs(""))
     started = time.monotonic()
     workpath = Path(workdir or tempfile.mkdtemp(prefix="koala-run-"))
     workpath.mkdir(parents=True, exist_ok=True)
@@ -287,6 +291,8 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         local = await asyncio.to_thread(local_only, server_cfg, chosen)
     report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure)
     report["events"] = run.log
+    report["savings"] = savings(measured, observer.server.get("large_model"),
+                                [c.get("tier") for c in report["clients"].values()])
     report["assertions"] = [evaluate(a, scenario, observer, run.log) for a in scenario.assertions]
     report["pids"] = processes.pids()
     report["workdir"] = str(workpath)
@@ -324,6 +330,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "completed": completed,
         "failure": failure or None,
         "large_model": {"name": srv.get("large_model"), "test_accuracy": srv.get("test_accuracy", float("nan")),
+                        "params": srv.get("large_model_params"), "device": srv.get("device"),
+                        "weights": srv.get("large_weights"), "finetune": srv.get("finetune"),
                         "version": srv.get("version", 0), "timeline": observer.timeline,
                         "tier_trust": srv.get("tier_trust"), "target_accuracy": target,
                         "target_on": "validation" if observer.validation_timeline else "test",

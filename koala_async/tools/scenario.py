@@ -9,15 +9,17 @@ line, before any process starts.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from koala_async.config import find_line, load_into, read_toml
+from koala_async.config import find_line, load_into, read_toml, rekey
 from koala_async.core.envelope import MODES
 from koala_async.core.splits import SPLIT_KEYS
 from koala_async.errors import ConfigError
 from koala_async.nodes.config import split_fractions
+from koala_async.tools.overrides import apply_overrides
 from koala_async.tools.timeline import (
     ACTIONS,
     Event,
@@ -250,7 +252,9 @@ def table_line(text: str, table: str, name: str) -> int | None:
 
 def _check_node_tables(scenario: Scenario, text: str) -> None:
     """Validate the free-form server and client tables against the node config classes now, so a
-    typo fails before any process starts."""
+    typo, an unknown model name, a module that does not import or missing weights fail before any
+    process starts (the server's checks run in its config; a client's in ``check_client``)."""
+    from koala_async.learning.config_checks import check_client
     from koala_async.nodes.client import ClientConfig
     from koala_async.nodes.server import ServerConfig
 
@@ -259,8 +263,12 @@ def _check_node_tables(scenario: Scenario, text: str) -> None:
     configs = scenario.client_configs("mqtt://127.0.0.1:1")
     first = 0
     for gi, group in enumerate(scenario.clients):
-        load_into(ClientConfig, configs[first], source=scenario.source, text=text,
-                  prefix=f"clients[{gi}].config")
+        prefix = f"clients[{gi}].config"
+        config = load_into(ClientConfig, configs[first], source=scenario.source, text=text, prefix=prefix)
+        try:
+            check_client(config)
+        except ConfigError as exc:
+            rekey(exc, prefix, scenario.source, text)
         first += group.count
 
 
@@ -308,10 +316,13 @@ def _build_timeline(scenario: Scenario, text: str) -> tuple[tuple[Event, ...], t
     return tuple(sorted(events, key=lambda e: (e.at, e.order))), tuple(sorted(late))
 
 
-def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | None = None) -> Scenario:
+def load_scenario(path: str | Path, *, broker: str | None = None, mode: str | None = None,
+                  sets: Sequence[str] = (), unsets: Sequence[str] = ()) -> Scenario:
     """Load and validate a scenario file. ``broker`` ("embedded", "mosquitto" or an mqtt:// URL)
-    overrides the file's [broker] table, ``mode`` its ``[federation] mode``."""
+    overrides the file's [broker] table, ``mode`` its ``[federation] mode``; ``sets`` (``KEY=VALUE``)
+    and ``unsets`` (``KEY``) change any key first (:mod:`koala_async.tools.overrides`)."""
     data, text = read_toml(path)
+    apply_overrides(data, sets, unsets)
     source = str(path)
     scenario = load_into(Scenario, {**data, "source": source}, source=source, text=text)
     if "timeline" in data:

@@ -152,3 +152,22 @@ def test_weighted_average_refuses_nothing_and_non_positive_weights() -> None:
         weighted_average([])
     with pytest.raises(ValueError):
         weighted_average([({"w": np.zeros(1, np.float32)}, 0.0)])
+
+
+def test_the_weights_of_a_real_large_model_pass_the_default_limits() -> None:
+    """MobileNetV2 has 314 state tensors (BatchNorm statistics included), ResNet-50 320: FedAvg of
+    them must get through the decoder that bounds every message."""
+    layout = {f"features.{i}.weight": np.zeros(2, np.float32) for i in range(320)}
+    assert len(decode(encode(weights(params=layout))).params) == 320
+
+
+def test_a_zero_dim_tensor_comes_off_the_wire_as_one_value_and_is_conformed_back() -> None:
+    from koala_async.core.weights import check_weights, conform
+
+    layout = {"bn.num_batches_tracked": (), "w": (2, 3)}
+    sent = weights(params={"bn.num_batches_tracked": np.float32(7.0).reshape(()), "w": np.ones((2, 3), np.float32)})
+    got = decode(encode(sent)).params
+    assert got["bn.num_batches_tracked"].shape == (1,)  # the wire carries 1 to 4 dimensions
+    assert check_weights(got, layout) is None
+    assert {k: v.shape for k, v in conform(got, layout).items()} == layout
+    assert check_weights({"bn.num_batches_tracked": np.zeros(2, np.float32), "w": got["w"]}, layout) == "shape_mismatch"
