@@ -133,6 +133,9 @@ class ClientConfig:
     proxy_fraction: float = 0.25
     tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
     profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
+    # False where many simulated devices share one host (the scenario runner's processes): the host's
+    # load average is then theirs, not this device's, and counts as unknown (a profile sets its own).
+    host_load: bool = True
     tier_policy: TierPolicy = field(default_factory=TierPolicy)
     train: TrainSettings = field(default_factory=TrainSettings)
     max_updates: int = 0  # 0 = keep contributing until stopped

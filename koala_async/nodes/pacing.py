@@ -80,6 +80,12 @@ class Continuous:
     async def next_batch(self, state: ServerState, arrived: asyncio.Event, idle: float | None) -> Batch | None:
         if not await _wait(arrived, idle):
             return None
+        if not state.pending:
+            # Woken by a presence change, not an arrival: nothing new to learn, so no new version. (A
+            # version without arrivals republished the untrained model's logits as knowledge, which
+            # clients then distilled: the early collapse to chance accuracy.)
+            arrived.clear()
+            return None
         if len(state.pending) < self.buffer_size:
             deadline = time.monotonic() + FLUSH_AFTER
             while len(state.pending) < self.buffer_size and time.monotonic() < deadline:

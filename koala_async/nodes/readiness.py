@@ -8,6 +8,7 @@ module re-probes resources (psutil, in a worker thread) and waits until the rule
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -43,7 +44,10 @@ class Readiness:
         """Measure resources now (blocking), capped by the simulated device profile if any."""
         from koala_async.io.resources import probe
 
-        self.resources = probe(self.profile)
+        snapshot = probe(self.profile)
+        if not self.config.host_load and self.profile is None:
+            snapshot = dataclasses.replace(snapshot, load_1m=None)  # the other simulated devices' load
+        self.resources = snapshot
         return self.resources
 
     def samples_per_epoch(self, distilling: bool = True) -> int:

@@ -184,7 +184,8 @@ class Scenario:
         for group in self.clients:
             extra = {"profile": group.profile} if group.profile is not None else {}
             for i in range(group.count):
-                out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset,
+                # host_load: every client of a scenario shares this host; its load is not theirs.
+                out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset, "host_load": False,
                             "seed": f.seed, "alpha": f.alpha, "test_fraction": f.test_fraction,
                             "proxy_fraction": f.proxy_fraction, "num_shards": self.num_clients,
                             "shard": shard, "node_id": f"{group.prefix}-{i}", **extra, **group.config,
