@@ -148,6 +148,7 @@ class ClientNode:
             raise
         self.inputs.start(self._initial)
         self._initial = None
+        self.task.holdout = self.inputs.holdout
         self._stack = AsyncExitStack()
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
@@ -268,6 +269,7 @@ class ClientNode:
             "knowledge_version": self.task.version or 0, "bytes_up": self.outbox.bytes_up,
             "bytes_down": self.bytes_down, "rejected": dict(self.rejects.counts),
             "last_loss": None if loss != loss else round(loss, 4),
+            "epochs_done": self.task.epochs_done, "holdout_accuracy": self.task.holdout_accuracy,
         }
 
     def _status(self, online: bool, state: str) -> bytes:

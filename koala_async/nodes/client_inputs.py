@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from koala_async.core.envelope import ProxySet
+from koala_async.core.holdout import holdout_seed, holdout_split
 from koala_async.core.retention import AddResult, SampleBuffer
 from koala_async.errors import DataError
 
@@ -32,6 +33,8 @@ class ClientInputs:
                                    input_shape=config.input_shape, num_classes=config.num_classes)
         self._added = asyncio.Event()
         self._loop_thread: int | None = None
+        # initial samples kept out of training, to evaluate the small model on (core/holdout.py)
+        self.holdout: tuple[np.ndarray, np.ndarray] | None = None
 
     def load_initial(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The configured private data as (x, y, classes), or None for an empty start (blocking)."""
@@ -46,7 +49,10 @@ class ClientInputs:
             assert cfg.dataset is not None
             data = datasets.federate(cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction,
                                      cfg.proxy_fraction).client(cfg.shard)
-        return data.x, data.y, data.spec.num_classes
+        train, held = holdout_split(len(data.y), cfg.holdout, holdout_seed(cfg.seed, cfg.shard))
+        if len(held):
+            self.holdout = data.x[held], data.y[held]
+        return data.x[train], data.y[train], data.spec.num_classes
 
     def start(self, initial: tuple[np.ndarray, np.ndarray, int] | None) -> None:
         """On the event loop: take the initial data; from now on ``add`` only from this thread."""

@@ -13,6 +13,7 @@ from koala_async.core.staleness import StalenessPolicy
 from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import check_id
 from koala_async.core.trust import TrustConfig
+from koala_async.core.warmup import Warmup
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,9 @@ class ServerConfig:
     batch_size: int = 64
     distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
     buffer_size: int = 1
+    # async: the first version waits for this share of the available clients (or the timeout after the
+    # first arrival), so the first knowledge is not one non-IID client's (core/warmup.py)
+    warmup: Warmup = field(default_factory=Warmup)
     # Latency budget: a version's distillation stops after this many seconds (None = run all its
     # steps); what arrived meanwhile fuses into the next version, so arrival-to-published latency
     # stays bounded when many clients publish.
@@ -142,6 +146,10 @@ class ClientConfig:
     interval: float = 1.0  # seconds between trainings (with +-50% jitter)
     proxy_subset: float = 1.0  # share of proxy samples to publish logits for per update
     send_label_counts: bool = True
+    # Share of the initial private samples kept out of training to evaluate the small model on
+    # (status: holdout_accuracy; core/holdout.py); 0 trains on everything.
+    holdout: float = 0.1
+    model_out: str | None = None  # write the small model here after each training (safetensors)
     slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
     threads: int = 1
     username: str | None = None
@@ -183,6 +191,8 @@ class ClientConfig:
             raise ValueError("num_classes must be >= 1")
         if self.event_queue < 1:
             raise ValueError("event_queue must be >= 1")
+        if not 0 <= self.holdout < 1:
+            raise ValueError("holdout must be in [0, 1)")
         if not 0 < self.proxy_subset <= 1:
             raise ValueError("proxy_subset must be in (0, 1]")
         if not 0 <= self.shard < self.num_shards:

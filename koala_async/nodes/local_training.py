@@ -50,6 +50,9 @@ class DistillTask:
         self.ready = asyncio.Event()  # set once it can train: the proxy set is here
         self.changed = asyncio.Event()  # set on every new version
         self.last_loss = float("nan")
+        self.epochs_done = 0  # local epochs trained, over all updates (the local-only reference matches it)
+        self.holdout: tuple[np.ndarray, np.ndarray] | None = None  # set by the node (client_inputs.py)
+        self.holdout_accuracy: float | None = None
         self._rng = random.Random(f"{config.seed}-{config.node_id}-ids")
 
     def subscriptions(self) -> tuple[str, ...]:
@@ -140,11 +143,25 @@ class DistillTask:
             count = max(1, int(round(len(proxy.inputs) * cfg.proxy_subset)))
             ids = np.sort(np.asarray(self._rng.sample(range(len(proxy.inputs)), count), dtype=np.uint32))
         px = proxy.inputs.astype(np.float32)
+        before = self.trainer.epochs_done
         self.last_loss = self.trainer.train(x, y, px, teacher, stop=stop)
+        self.epochs_done += self.trainer.epochs_done - before
+        self._after_training(self.trainer.model, self.tier, cfg.model_out)
         logits = predict_logits(self.trainer.model, px if ids is None else px[ids]).astype(np.float16)
         return Update(sender=cfg.node_id, seq=0, base_version=base_version, tier=self.tier, n_samples=len(y),
                       proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids, sent_at=time.time(),
                       label_counts=label_counts if cfg.send_label_counts else None)
+
+    def _after_training(self, model: Any, tier: str, path: str | None) -> None:
+        """Evaluate on the held-out private samples; write the model where the config says."""
+        if self.holdout is not None:
+            from koala_async.learning.distill import accuracy
+
+            self.holdout_accuracy = accuracy(model, *self.holdout)
+        if path:
+            from koala_async.learning.model_file import save_model
+
+            save_model(model, tier, path)
 
     def still_valid(self, message: Message) -> str:
         """Why an update left pending by a crash must not be sent now ("" if it may)."""
@@ -177,6 +194,9 @@ class AveragingTask:
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()
         self.last_loss = float("nan")
+        self.epochs_done = 0
+        self.holdout: tuple[np.ndarray, np.ndarray] | None = None
+        self.holdout_accuracy: float | None = None
         self.spec: InputSpec | None = None
         self._model: Any = None
         self._layouts: dict[str, dict[str, tuple[int, ...]] | None] = {}
@@ -258,6 +278,11 @@ class AveragingTask:
                                                              lr=t.fedavg_lr, kd_weight=0.0),
                                     seed=cfg.seed + cfg.shard + 7919 * base.base_version)
         self.last_loss = self.trainer.train(x, y, stop=stop)
+        self.epochs_done += self.trainer.epochs_done
+        if self.holdout is not None:
+            from koala_async.learning.distill import accuracy
+
+            self.holdout_accuracy = accuracy(self._model, *self.holdout)
         params = {k: v.detach().numpy().astype(np.float32, copy=True) for k, v in self._model.state_dict().items()}
         return Weights(sender=cfg.node_id, seq=0, base_version=base.base_version, model=base.model,
                        n_samples=len(y), params=params, sent_at=time.time())

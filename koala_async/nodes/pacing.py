@@ -7,7 +7,8 @@ takes one delivery per client, built on the current round) and wants to hear abo
 
 - :class:`Continuous` (``async``): no rounds. A batch is whatever arrived (at least ``buffer_size``
   arrivals, or fewer after a short wait so a quiet federation still learns); each arrival buys
-  ``distill_steps`` steps, capped so a burst cannot stall the loop.
+  ``distill_steps`` steps, capped so a burst cannot stall the loop. Only the first version waits for
+  a share of the available clients (:mod:`koala_async.core.warmup`): it is all the clients will know.
 - :class:`Rounds` (``sync``, ``fedavg``): a batch is a complete round
   (:class:`~koala_async.core.rounds.RoundBarrier`): every selected client delivered, or the round timed
   out with at least one delivery.
@@ -70,6 +71,7 @@ class Continuous:
     def __init__(self, config: ServerConfig) -> None:
         self.buffer_size = config.buffer_size
         self.distill_steps = config.distill_steps
+        self.warmup = config.warmup
 
     def on_presence(self, state: ServerState) -> None:
         pass
@@ -86,6 +88,9 @@ class Continuous:
             # clients then distilled: the early collapse to chance accuracy.)
             arrived.clear()
             return None
+        first = state.version == 0
+        if first:
+            await self._warm_up(state, arrived)
         if len(state.pending) < self.buffer_size:
             deadline = time.monotonic() + FLUSH_AFTER
             while len(state.pending) < self.buffer_size and time.monotonic() < deadline:
@@ -93,8 +98,23 @@ class Continuous:
                 await _wait(arrived, deadline - time.monotonic())
         arrived.clear()
         arrivals = state.take()
-        # Arrivals that queued up while the last distillation ran still each buy training.
-        return Batch(arrivals, self.distill_steps * min(len(arrivals), max(4, self.buffer_size)))
+        # Arrivals that queued up while the last distillation ran still each buy training, capped so a
+        # burst cannot stall the loop; the first version, which every client will learn from, gets
+        # steps for each client it fuses.
+        cap = len({a.message.sender for a in arrivals}) if first else max(4, self.buffer_size)
+        return Batch(arrivals, self.distill_steps * min(len(arrivals), cap))
+
+    async def _warm_up(self, state: ServerState, arrived: asyncio.Event) -> None:
+        """Hold the first version until a share of the available clients delivered (core/warmup.py)."""
+        while True:
+            waited = time.monotonic() - state.pending[0].arrived
+            contributors = len({a.message.sender for a in state.pending})
+            if self.warmup.ready(contributors, len(state.available()), waited):
+                log.info("first version: %d clients delivered after %.1f s (%d available)", contributors,
+                         waited, len(state.available()))
+                return
+            arrived.clear()
+            await _wait(arrived, self.warmup.remaining(waited))
 
     def published(self, state: ServerState) -> None:
         pass

@@ -74,8 +74,8 @@ def summary_table(report: dict[str, Any]) -> Table:
     lm = report["large_model"]
     rows = [
         ("large model held-out accuracy", f"{lm['test_accuracy']:.3f}"),
-        ("local-only mean accuracy", f"{report['local_only']['mean_test_accuracy']:.3f}"
-         if report["local_only"]["mean_test_accuracy"] is not None else "-"),
+        ("small models mean accuracy", _acc(report.get("small_models", {}).get("mean_test_accuracy"))),
+        ("local-only mean accuracy (same epochs)", _acc(report["local_only"]["mean_test_accuracy"])),
         ("server versions", str(lm["version"])),
         ("updates accepted", str(report["updates"]["accepted"])),
         ("updates rejected", str(sum(report["updates"]["rejected"].values()))),
@@ -98,3 +98,7 @@ def assertions_table(report: dict[str, Any]) -> Table:
         table.add_row(a["name"], "[green]pass[/]" if a["passed"] else "[red]FAIL[/]", shown,
                       str(a["threshold"]), a.get("detail", ""))
     return table
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

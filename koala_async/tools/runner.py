@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 import tempfile
 import time
@@ -19,16 +20,17 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
 from koala_async.io.transport import BrokerAddress, MqttTransport
 from koala_async.tools.assertions import evaluate
+from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
+from koala_async.tools.forkserver import ForkServer
 from koala_async.tools.linkproxy import LinkProxy
-from koala_async.tools.processes import NodeProcess, ProcessSet
+from koala_async.tools.processes import NodeProcess, ProcessSet, core_plan, node_env
 from koala_async.tools.scenario import Scenario
 from koala_async.tools.timeline import Event, Scheduler
 
@@ -205,15 +207,21 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
     failure = ""
     fed = scenario.federation
     scheduler = Scheduler(scenario.timeline)
+    plan = core_plan() if fed.pin_cores else None
+    server_cpus, other_cpus = plan if plan is not None else (None, None)
     async with AsyncExitStack() as stack:
         stack.callback(processes.close)  # registered first: runs last, whatever happened
         view = stack.enter_context(RunView(f"koala run {fed.name}", quiet=quiet))
+        # Nodes are forked from a process that has imported torch and the runtime once (tools/forkserver.py).
+        launcher = ForkServer(node_env(workpath), other_cpus, workpath / "forkserver.log")
+        processes.launcher = launcher
         broker_port = None
         if scenario.broker.kind == "external":
             assert scenario.broker.url is not None
             url = scenario.broker.url
         else:
             node, url = broker_process(scenario.broker.kind, workpath, scenario.broker.mosquitto)
+            node.cpus = other_cpus
             processes.add(node)
             broker_port = BrokerAddress.parse(url).port
             processes.start("broker")
@@ -223,9 +231,17 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
             if event.action == "cut" and event.target not in proxies:
                 proxies[event.target] = await stack.enter_async_context(
                     LinkProxy(BrokerAddress.parse(url).port))
-        server_cfg = _with_server_state(scenario.server_config(url), workpath)
-        client_cfgs = [{**c, "broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else c
+        # amqtt speaks MQTT 3.1.1 only: nodes need not spend a timeout asking it for 5 first.
+        protocol = {"mqtt_version": 4} if scenario.broker.kind == "embedded" else {}
+        server_cfg = _with_server_state({**protocol, **scenario.server_config(url)}, workpath)
+        # KOALA clients write their small model into the work dir: evaluated on the test split afterwards.
+        client_cfgs = [{**protocol, **_model_out(c, workpath, fed.mode),
+                        **({"broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else {})}
                        for c in scenario.client_configs(url)]
+        if not await asyncio.to_thread(launcher.wait_ready):
+            view.event(observer.elapsed(), "fork server failed (see forkserver.log): nodes start as new processes")
+            launcher.close()
+            processes.launcher = launcher = None
         view.event(observer.elapsed(), f"{scenario.broker.kind} broker at {url}; work dir {workpath}")
         transport = await stack.enter_async_context(MqttTransport(
             BrokerAddress.parse(url), f"koala-{fed.name}-runner",
@@ -233,11 +249,15 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
         watcher = tasks.create_task(_watch(transport, observer))
         run = Run(scenario, processes, observer, view, proxies, broker_port)
-        processes.add(NodeProcess("server", "server", server_cfg, workpath))
+        if plan is not None:
+            view.event(observer.elapsed(), f"server pinned to cores {sorted(server_cpus or ())}, "
+                                           f"clients to {sorted(other_cpus or ())}")
+        processes.add(NodeProcess("server", "server", server_cfg, workpath, cpus=server_cpus, launcher=launcher))
         run.start("server")
         first = set(scenario.initially_started())
         for cfg in client_cfgs:
-            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath, nice=fed.client_nice))
+            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath, nice=fed.client_nice,
+                                      cpus=other_cpus, launcher=launcher))
             if cfg["node_id"] in first:
                 run.start(cfg["node_id"])
         view.event(observer.elapsed(), f"started server and {len(first)} of {len(client_cfgs)} clients")
@@ -268,14 +288,17 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         # Leaving the stack: the watcher's transport disconnects, then every process is reaped.
         view.event(observer.elapsed(), "federation stopped")
     local: dict[str, float] = {}
-    if local_reference:
-        from koala_async.tools.baselines import local_only
+    from koala_async.tools.baselines import local_only, small_models
 
-        # The local-only reference trains the tier each client reported (it may have chosen it: "auto").
+    small = await asyncio.to_thread(small_models, client_cfgs)
+    if local_reference:
+        # The local-only reference trains the tier each client reported (it may have chosen it: "auto"),
+        # for as many epochs as it reported training.
         chosen = [{**c, "tier": observer.clients.get(c["node_id"], {}).get("tier") or c.get("tier")}
                   for c in client_cfgs]
-        local = await asyncio.to_thread(local_only, server_cfg, chosen)
-    report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure)
+        epochs = {cid: int(c["epochs_done"]) for cid, c in observer.clients.items() if c.get("epochs_done")}
+        local = await asyncio.to_thread(local_only, server_cfg, chosen, epochs)
+    report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure, small)
     report["events"] = run.log
     report["assertions"] = [evaluate(a, scenario, observer, run.log) for a in scenario.assertions]
     report["pids"] = processes.pids()
@@ -292,15 +315,28 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
     return report, code
 
 
+def _model_out(config: dict[str, Any], workpath: Path, mode: str) -> dict[str, Any]:
+    """A KOALA client's config with ``model_out`` in the run's work dir (unless it names its own)."""
+    from koala_async.core.modes import Mode
+
+    if Mode.parse(mode).exchanges_weights or "model_out" in config:
+        return config
+    return {**config, "model_out": str(workpath / f"{config['node_id']}.small.safetensors")}
+
+
+def _mean(values: dict[str, float]) -> float | None:
+    finite = [v for v in values.values() if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
 def build_report(scenario: Scenario, observer: Observer, local: dict[str, float], wall: float,
-                 completed: bool, failure: str) -> dict[str, Any]:
+                 completed: bool, failure: str, small: dict[str, float] | None = None) -> dict[str, Any]:
     srv = observer.server
     clients = {cid: {k: c.get(k) for k in CLIENT_FIELDS}
                | {"accepted": srv.get("accepted_by_client", {}).get(cid, 0),
-                  "local_only_test_accuracy": local.get(cid),
+                  "local_only_test_accuracy": local.get(cid), "small_model_test_accuracy": (small or {}).get(cid),
                   "bytes_per_update": _per_update(c.get("bytes_up", 0), c.get("updates_sent", 0))}
                for cid, c in sorted(observer.clients.items())}
-    local_values = [v for v in local.values() if v == v]
     sent = sum(c.get("updates_sent", 0) for c in observer.clients.values())
     up = sum(c.get("bytes_up", 0) for c in observer.clients.values())
     target = scenario.federation.target_accuracy
@@ -316,8 +352,9 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
                         "time_to_target": time_to_target(observer.timeline, target),
                         # when the server first reported (process start-up before it is not learning)
                         "first_report_at": observer.timeline[0][0] if observer.timeline else None},
-        "local_only": {"mean_test_accuracy": sum(local_values) / len(local_values) if local_values else None,
-                       "per_client": local},
+        "local_only": {"mean_test_accuracy": _mean(local), "per_client": local},
+        # each client's final small model on the same held-out test split (the other half of KOALA)
+        "small_models": {"mean_test_accuracy": _mean(small or {}), "per_client": small or {}},
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),
                     "sent": sum(c.get("updates_sent", 0) for c in observer.clients.values())},
         "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0),
@@ -332,7 +369,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
 
 # Per client in the report: what it trained (for the bench: parameters, FLOPs, peak memory) and sent.
 CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "knowledge_version", "bytes_up",
-                 "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state")
+                 "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state",
+                 "epochs_done", "holdout_accuracy")
 
 
 def _per_update(total: float, count: int) -> float | None:

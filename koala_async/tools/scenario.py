@@ -49,6 +49,9 @@ class FederationSpec:
     # server on one machine; real devices train on their own CPUs and never slow the server down.
     # A positive value gives the server first claim on the cores, as separate devices would.
     client_nice: int = 0
+    # Pin co-located processes (os.sched_setaffinity): the server on a core of its own, broker and
+    # clients on the others, so client training never slows the server, as on separate devices.
+    pin_cores: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.client_nice <= 19:
