@@ -25,7 +25,7 @@ class ServerConfig:
     broker: str | tuple[str, ...] = "mqtt://127.0.0.1:1883"
     mqtt_version: int | None = None  # None: MQTT 5 where the broker offers it, else 3.1.1; 4 = 3.1.1 only
     federation: str = "default"
-    mode: Mode = DEFAULT_MODE  # async | sync | fedavg (core/modes.py)
+    mode: Mode = DEFAULT_MODE  # async | sync | fedavg | fedbuff (core/modes.py)
     round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
     round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
     # Data: a dataset name from which proxy and test splits are derived (as clients derive shards),
@@ -41,7 +41,8 @@ class ServerConfig:
     lr: float = 1e-3
     batch_size: int = 64
     distill_steps: int = 40  # per arrival fused (up to max(4, buffer_size) arrivals per fusion)
-    buffer_size: int = 1
+    buffer_size: int = 1  # async and fedbuff: fuse (or average) after this many arrivals (FedBuff's K)
+    global_lr: float = 1.0  # fedbuff: the server's step on the mean of a buffer's staleness-scaled deltas
     # async: the first version waits for this share of the available clients (or the timeout after the
     # first arrival), so the first knowledge is not one non-IID client's (core/warmup.py)
     warmup: Warmup = field(default_factory=Warmup)
@@ -97,6 +98,8 @@ class ServerConfig:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment {self.augment!r} is not one of {list(AUGMENTATIONS)}")
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if not self.global_lr > 0:
+            raise ValueError("global_lr must be > 0")
         if self.round_timeout <= 0 or self.round_min_clients < 1:
             raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
 
@@ -122,7 +125,8 @@ class ClientConfig:
     broker: str | tuple[str, ...] = "mqtt://127.0.0.1:1883"
     mqtt_version: int | None = None  # None: MQTT 5 where the broker offers it, else 3.1.1; 4 = 3.1.1 only
     federation: str = "default"
-    # async | sync | fedavg (core/modes.py); a client also follows the rounds the server's knowledge announces.
+    # async | sync | fedavg | fedbuff (core/modes.py); a client also follows the rounds the server's knowledge
+    # announces.
     mode: Mode = DEFAULT_MODE
     # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
     # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test),

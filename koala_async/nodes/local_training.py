@@ -6,7 +6,7 @@ mode-specific part to one of these (chosen in :mod:`koala_async.nodes.modes`):
 - :class:`DistillTask` (KOALA, ``async`` and ``sync``): takes the proxy set and the server's knowledge,
   trains its small model (its tier) on private data plus distillation of the knowledge on proxy inputs,
   and sends an :class:`~koala_async.core.envelope.Update`: float16 logits on proxy samples.
-- :class:`AveragingTask` (``fedavg``): takes the global model, trains the server's large architecture
+- :class:`AveragingTask` (``fedavg``, ``fedbuff``): takes the global model, trains the server's large architecture
   from the global weights on private data, and sends :class:`~koala_async.core.envelope.Weights`.
 
 ``take`` adopts a message the task subscribed to (returning a reject reason, or None); ``train`` runs
@@ -195,6 +195,7 @@ class AveragingTask:
         self.changed = asyncio.Event()
         self.last_loss = float("nan")
         self.epochs_done = 0
+        self.trainings = 0
         self.holdout: tuple[np.ndarray, np.ndarray] | None = None
         self.holdout_accuracy: float | None = None
         self.spec: InputSpec | None = None
@@ -212,7 +213,10 @@ class AveragingTask:
     def version(self) -> int | None:
         return self.global_model.base_version if self.global_model is not None else None
 
-    in_rounds = True
+    @property
+    def in_rounds(self) -> bool:
+        """FedAvg trains once per round; FedBuff whenever ready."""
+        return self.config.mode.rounds
 
     def take(self, topic: str, message: Message, inputs: ClientInputs) -> str | None:
         if topic != self.topics.model or not isinstance(message, Weights):
@@ -276,7 +280,8 @@ class AveragingTask:
         # A fresh optimizer per round, as in FedAvg.
         self.trainer = LocalTrainer(self._model, TrainConfig(epochs=t.epochs, batch_size=t.batch_size,
                                                              lr=t.fedavg_lr, kd_weight=0.0),
-                                    seed=cfg.seed + cfg.shard + 7919 * base.base_version)
+                                    seed=cfg.seed + cfg.shard + 7919 * base.base_version + 104729 * self.trainings)
+        self.trainings += 1  # FedBuff may train twice from one version: a new shuffle each time
         self.last_loss = self.trainer.train(x, y, stop=stop)
         self.epochs_done += self.trainer.epochs_done
         if self.holdout is not None:
@@ -288,8 +293,12 @@ class AveragingTask:
                        n_samples=len(y), params=params, sent_at=time.time())
 
     def still_valid(self, message: Message) -> str:
-        if not isinstance(message, Weights) or message.base_version != self.version:
+        if not isinstance(message, Weights):
+            return "not weights"
+        if self.config.mode.rounds and message.base_version != self.version:
             return "not for the current round"
+        if (self.version or 0) - message.base_version > self.config.pending_max_staleness:
+            return f"stale: built on version {message.base_version}, the global model is at {self.version}"
         return ""
 
 

@@ -9,6 +9,7 @@ takes one delivery per client, built on the current round) and wants to hear abo
   arrivals, or fewer after a short wait so a quiet federation still learns); each arrival buys
   ``distill_steps`` steps, capped so a burst cannot stall the loop. Only the first version waits for
   a share of the available clients (:mod:`koala_async.core.warmup`): it is all the clients will know.
+  ``fedbuff`` uses it too, with ``buffer_size`` as FedBuff's K and no cold-start wait.
 - :class:`Rounds` (``sync``, ``fedavg``): a batch is a complete round
   (:class:`~koala_async.core.rounds.RoundBarrier`): every selected client delivered, or the round timed
   out with at least one delivery.
@@ -68,10 +69,10 @@ async def _wait(event: asyncio.Event, seconds: float | None) -> bool:
 class Continuous:
     gate = staticmethod(always_open)
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, warmup: bool = True) -> None:
         self.buffer_size = config.buffer_size
         self.distill_steps = config.distill_steps
-        self.warmup = config.warmup
+        self.warmup = config.warmup if warmup else None
 
     def on_presence(self, state: ServerState) -> None:
         pass
@@ -89,7 +90,7 @@ class Continuous:
             arrived.clear()
             return None
         first = state.version == 0
-        if first:
+        if first and self.warmup is not None:
             await self._warm_up(state, arrived)
         if len(state.pending) < self.buffer_size:
             deadline = time.monotonic() + FLUSH_AFTER
@@ -109,6 +110,7 @@ class Continuous:
         while True:
             waited = time.monotonic() - state.pending[0].arrived
             contributors = len({a.message.sender for a in state.pending})
+            assert self.warmup is not None
             if self.warmup.ready(contributors, len(state.available()), waited):
                 log.info("first version: %d clients delivered after %.1f s (%d available)", contributors,
                          waited, len(state.available()))

@@ -358,7 +358,10 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),
                     "sent": sum(c.get("updates_sent", 0) for c in observer.clients.values())},
         "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0),
-                      "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {})},
+                      "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {}),
+                      # when fused (what the staleness rule weighs): see core/server_state.py
+                      "fused_mean": srv.get("fused_staleness_mean"), "fused_max": srv.get("fused_staleness_max"),
+                      "fused_histogram": srv.get("fused_staleness_hist", {})},
         "bytes": {"up": up, "down": sum(c.get("bytes_down", 0) for c in observer.clients.values()),
                   "per_update_mean": _per_update(up, sent)},
         "clients": clients,

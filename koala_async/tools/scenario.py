@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from koala_async.config import find_line, load_into, read_toml
-from koala_async.core.envelope import MODES
+from koala_async.core.modes import MODES
 from koala_async.errors import ConfigError
 from koala_async.tools.timeline import (
     ACTIONS,
@@ -32,7 +32,7 @@ ASSERTION_KINDS = ("final_accuracy", "max_staleness", "nothing_accepted_lost",
 @dataclass(frozen=True)
 class FederationSpec:
     name: str = "default"
-    mode: Literal["async", "sync", "fedavg"] = "async"  # core.envelope.MODES
+    mode: Literal["async", "sync", "fedavg", "fedbuff"] = "async"  # core.modes.MODES
     dataset: str = "digits"
     seed: int = 0
     alpha: float = 0.5

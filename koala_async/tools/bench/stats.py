@@ -11,7 +11,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-MODES = ("async", "sync", "fedavg")
+MODES = ("async", "sync", "fedavg", "fedbuff")
 LATENCY_LIMIT_SECONDS = 1.0  # a scale step holds when its p99 arrival-to-fused latency is under this
 SUMMARY_KEYS = ("time_to_target_ratio_async_over_sync", "bytes_ratio_async_over_fedavg",
                 "accuracy_gap_fedavg_minus_async", "ingest_ratio_runtime_over_raw", "max_clients",
