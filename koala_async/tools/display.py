@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,7 +20,7 @@ class RunView:
         self._live: Live | None = None
         self._last_line = 0.0
 
-    def __enter__(self) -> RunView:
+    def __enter__(self) -> Self:
         if not self.quiet and self.console.is_terminal:
             self._live = Live(console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()

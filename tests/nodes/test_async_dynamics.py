@@ -13,7 +13,6 @@ import pytest
 from waiting import wait_for
 
 from koala_async.core.envelope import Update, encode
-from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import Topics
 from koala_async.core.warmup import Warmup
 from koala_async.io.base import LinkOptions
@@ -27,8 +26,9 @@ TOPICS = Topics("default")
 
 
 def client(i: int, **over: object) -> ClientConfig:
-    base: dict[str, object] = dict(node_id=f"c{i}", shard=i, num_shards=3, interval=0.01, tier="image-small",
-                                   train=TrainSettings(epochs=1), keepalive=5, host_load=False)
+    base: dict[str, object] = {"node_id": f"c{i}", "shard": i, "num_shards": 3, "interval": 0.01,
+                               "tier": "image-small", "train": TrainSettings(epochs=1), "keepalive": 5,
+                               "host_load": False}
     return ClientConfig(**{**base, **over})  # type: ignore[arg-type]
 
 
