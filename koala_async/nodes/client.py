@@ -243,9 +243,10 @@ class ClientNode:
         started = time.perf_counter()
         seen, version = self.samples.seen, self.task.version
         x, y = self.samples.arrays()  # a snapshot: add_samples may go on while the thread trains
-        message = await self._workers.run(self.task.train, x, y, self.samples.label_counts(), self._workers.stop)
+        message, cpu = await self._workers.run_timed(self.task.train, x, y, self.samples.label_counts(),
+                                                     self._workers.stop)
         self.readiness.trained_on = (version, seen)
-        await self.readiness.pace(started, self.task.knowledge is not None)
+        await self.readiness.pace(started, self.task.knowledge is not None, cpu)
         self.state = "publishing"
         message = dataclasses.replace(message, seq=self._seq.next(), sent_at=time.time())
         await self.outbox.send(self.transport, message, self.task.tier or "")

@@ -154,7 +154,9 @@ class ClientConfig:
     # (status: holdout_accuracy; core/holdout.py); 0 trains on everything.
     holdout: float = 0.1
     model_out: str | None = None  # write the small model here after each training (safetensors)
-    slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
+    # Simulated device speed: a training lasts (its CPU time on this host, or the profile's FLOP time)
+    # x slowdown; > 1 makes the device that many times slower than a host core (nodes/readiness.py).
+    slowdown: float = 1.0
     threads: int = 1
     username: str | None = None
     password: str | None = None

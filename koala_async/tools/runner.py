@@ -53,6 +53,17 @@ class Observer:
         self.staleness_max_seen = 0
         self.last_version_change = time.monotonic()
         self.malformed = 0
+        # [seconds, version, accuracy] of the server's latest report at every multiple of the sampling
+        # interval: the same cadence for every mode (time to target is read from it).
+        self.grid: list[tuple[float, int, float | None]] = []
+
+    def sample(self, every: float) -> None:
+        """Add the grid points due by now, each holding the latest accuracy the server reported."""
+        now = self.elapsed()
+        while (len(self.grid) + 1) * every <= now:
+            acc = self.server.get("test_accuracy")
+            self.grid.append((round((len(self.grid) + 1) * every, 3), int(self.server.get("version", 0)),
+                              acc if isinstance(acc, float) and math.isfinite(acc) else None))
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
@@ -213,7 +224,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         stack.callback(processes.close)  # registered first: runs last, whatever happened
         view = stack.enter_context(RunView(f"koala run {fed.name}", quiet=quiet))
         # Nodes are forked from a process that has imported torch and the runtime once (tools/forkserver.py).
-        launcher = ForkServer(node_env(workpath), other_cpus, workpath / "forkserver.log")
+        launcher: ForkServer | None = ForkServer(node_env(workpath), other_cpus, workpath / "forkserver.log")
         processes.launcher = launcher
         broker_port = None
         if scenario.broker.kind == "external":
@@ -238,7 +249,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         client_cfgs = [{**protocol, **_model_out(c, workpath, fed.mode),
                         **({"broker": proxies[c["node_id"]].url} if c["node_id"] in proxies else {})}
                        for c in scenario.client_configs(url)]
-        if not await asyncio.to_thread(launcher.wait_ready):
+        if launcher is not None and not await asyncio.to_thread(launcher.wait_ready):
             view.event(observer.elapsed(), "fork server failed (see forkserver.log): nodes start as new processes")
             launcher.close()
             processes.launcher = launcher = None
@@ -266,7 +277,8 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
             while observer.elapsed() < fed.duration:
                 for event in scheduler.due(observer.elapsed()):
                     await run.apply(event)
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(min(0.25, fed.sample_every / 2))
+                observer.sample(fed.sample_every)
                 view.update(observer.elapsed(), observer.server, observer.clients,
                             online_processes=sum(1 for n in processes.nodes.values()
                                                  if n.role == "client" and n.alive and n.name not in run.paused))
@@ -350,6 +362,8 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
                         "version": srv.get("version", 0), "timeline": observer.timeline,
                         "tier_trust": srv.get("tier_trust"), "target_accuracy": target,
                         "time_to_target": time_to_target(observer.timeline, target),
+                        "grid": observer.grid, "sample_every": scenario.federation.sample_every,
+                        "time_to_target_grid": time_to_target(observer.grid, target),
                         # when the server first reported (process start-up before it is not learning)
                         "first_report_at": observer.timeline[0][0] if observer.timeline else None},
         "local_only": {"mean_test_accuracy": _mean(local), "per_client": local},

@@ -52,6 +52,9 @@ class FederationSpec:
     # Pin co-located processes (os.sched_setaffinity): the server on a core of its own, broker and
     # clients on the others, so client training never slows the server, as on separate devices.
     pin_cores: bool = True
+    # Every this many seconds the runner samples the server's latest held-out accuracy (the report's
+    # large_model.grid): every mode is read on the same wall-clock cadence, however often it publishes.
+    sample_every: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.client_nice <= 19:
@@ -62,6 +65,8 @@ class FederationSpec:
             raise ValueError("target_accuracy must be in (0, 1]")
         if self.duration <= 0:
             raise ValueError("duration must be > 0")
+        if self.sample_every <= 0:
+            raise ValueError("sample_every must be > 0")
         if self.until not in ("done", "duration"):
             raise ValueError(f"until {self.until!r} is not one of ['done', 'duration']")
 

@@ -23,8 +23,8 @@ from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
 from koala_async.errors import KoalaError, MessageError
 from koala_async.io.transport import BrokerAddress, MqttTransport
-from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.bench.ingest import broker_kind
+from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.processes import NodeProcess, ProcessSet
 
 FEDERATION = "bench-scale"
