@@ -10,7 +10,11 @@ mode       pacing               exchange
 async      none (each arrival)  logits on the proxy set, distilled into the large model (KOALA)
 sync       rounds               the same logits, fused once per round (KOALA in synchronous rounds)
 fedavg     rounds               full weights of the large model, averaged per round (FedAvg)
+fedbuff    none (K arrivals)    the same weights, as staleness-scaled deltas of every K (FedBuff)
 =========  ===================  ==================================================================
+
+``sync`` vs ``async`` separates rounds from no rounds for logits; ``fedavg`` vs ``fedbuff`` does the
+same for weights; ``async`` vs ``fedbuff`` separates logits from weights without rounds.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class Mode(StrEnum):
     ASYNC = "async"
     SYNC = "sync"
     FEDAVG = "fedavg"
+    FEDBUFF = "fedbuff"
 
     @property
     def rounds(self) -> bool:
@@ -31,7 +36,7 @@ class Mode(StrEnum):
     @property
     def exchanges_weights(self) -> bool:
         """Whether clients train the server's large model and send its weights (else: logits)."""
-        return self is Mode.FEDAVG
+        return self in (Mode.FEDAVG, Mode.FEDBUFF)
 
     @classmethod
     def parse(cls, value: str | Mode) -> Mode:

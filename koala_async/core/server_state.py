@@ -128,10 +128,21 @@ class ServerMetrics:
     accepted_by_client: dict[str, int] = field(default_factory=dict)  # at most MAX_COUNTED_CLIENTS ids
     accepted_uncounted: int = 0  # accepted updates from clients past MAX_COUNTED_CLIENTS
     staleness_hist: dict[str, int] = field(default_factory=dict)
+    # Staleness when fused (the version the learner applied an arrival at, minus its base): what the
+    # staleness rule weighs. An update accepted while a version was being distilled is fused into the
+    # next one, one version older than it was at acceptance.
+    fused: int = 0
+    fused_staleness_sum: int = 0
+    fused_staleness_max: int = 0
+    fused_staleness_hist: dict[str, int] = field(default_factory=dict)
 
     @property
     def staleness_mean(self) -> float:
         return self.staleness_sum / self.accepted if self.accepted else 0.0
+
+    @property
+    def fused_staleness_mean(self) -> float:
+        return self.fused_staleness_sum / self.fused if self.fused else 0.0
 
 
 def always_open(_message: object) -> str:
@@ -261,6 +272,16 @@ class ServerState:
         latencies = [now - a.arrived for a in batch]
         for latency in latencies:
             self.fuse_latency.add(now, latency)
+        m = self.metrics
+        for arrival in batch:
+            base = getattr(arrival.message, "base_version", None)
+            if isinstance(base, int):
+                staleness = max(0, version - 1 - base)  # fused at version - 1, published as version
+                m.fused += 1
+                m.fused_staleness_sum += staleness
+                m.fused_staleness_max = max(m.fused_staleness_max, staleness)
+                bucket = str(staleness) if staleness < STALENESS_BUCKETS else f"{STALENESS_BUCKETS}+"
+                m.fused_staleness_hist[bucket] = m.fused_staleness_hist.get(bucket, 0) + 1
         self.metrics.timeline.append((round(elapsed, 3), version, accuracy))
         if self.listener is not None:
             self.listener.published(version)
@@ -347,6 +368,9 @@ class ServerState:
             "staleness_mean": round(m.staleness_mean, 4),
             "staleness_max": m.staleness_max,
             "staleness_hist": dict(m.staleness_hist),
+            "fused_staleness_mean": round(m.fused_staleness_mean, 4),
+            "fused_staleness_max": m.fused_staleness_max,
+            "fused_staleness_hist": dict(m.fused_staleness_hist),
             "pending": len(self.pending) + self.in_flight,
             "update_bytes": m.update_bytes,
             "knowledge_bytes": m.knowledge_bytes,

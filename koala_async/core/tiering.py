@@ -12,8 +12,11 @@ then steps one tier down for a low battery (unplugged, below ``low_battery``) an
 not punish), but the reason says they were unknown.
 
 :func:`readiness` says whether to train now ("when ready"): not on a critically low unplugged battery,
-not on a saturated CPU, and only with something new to learn from (first training, new knowledge,
-new data, or ``max_wait_s`` passed).
+not on a saturated CPU. Otherwise a client keeps improving its model on the data and knowledge it
+holds, as FedAsync and FedBuff clients do (they never idle waiting for a new global version): with
+``max_wait_s = 0`` (the default) it trains again whenever its turn comes; a device that would rather
+save energy sets ``max_wait_s`` and then trains only on something new (first training, new knowledge,
+new data) or once that many seconds passed without.
 
 :func:`next_tier` keeps a trained model unless the resources no longer afford it: a tier change is
 only forced downwards; growing would throw away what the model has learned for a small gain.
@@ -47,7 +50,9 @@ class TierPolicy:
     critical_battery: float = 15.0  # percent, unplugged: defer training
     high_load: float = 1.5  # load per core: one tier down
     defer_load: float = 3.0  # load per core: defer training
-    max_wait_s: float = 30.0  # train anyway after waiting this long for something new
+    # 0: train again whenever ready (asynchronous clients never idle waiting for a new version);
+    # > 0: wait for new knowledge or data, but train anyway after this many seconds without.
+    max_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 < self.memory_share <= 1:
@@ -58,6 +63,8 @@ class TierPolicy:
             raise ValueError("critical_battery must be <= low_battery")
         if self.defer_load < self.high_load:
             raise ValueError("defer_load must be >= high_load")
+        if self.max_wait_s < 0:
+            raise ValueError("max_wait_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,8 @@ def readiness(snap: ResourceSnapshot, policy: TierPolicy, *, trained_before: boo
         return Readiness(True, "ready: new data")
     if new_knowledge:
         return Readiness(True, "ready: new knowledge")
+    if policy.max_wait_s == 0:
+        return Readiness(True, "ready: training on (the data and knowledge it holds)")
     if waited_s >= policy.max_wait_s:
         return Readiness(True, f"ready: nothing new for {waited_s:.0f} s")
     return Readiness(False, "waiting: no new knowledge or data")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from koala_async.learning.adam import Adam
+from koala_async.learning.adam import Adam, AdamW
 from koala_async.learning.device import model_device, resolve_device
 from koala_async.learning.finetune import (
     FineTune,
@@ -177,8 +177,8 @@ class Distiller:
         self.lr = lr
         self.trainable = apply_trainable(model, self.finetune.train)
         self._frozen_norms = frozen_norms(model)
-        # AdamW with no decay is Adam, step for step
-        self.optimizer = torch.optim.AdamW(decay_groups(model, self.finetune.weight_decay), lr=lr)
+        # AdamW with no decay is Adam, step for step; ours, not torch.optim's (see learning/adam.py)
+        self.optimizer = AdamW(decay_groups(model, self.finetune.weight_decay), lr=lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.steps_done = 0
 

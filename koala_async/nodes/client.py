@@ -154,6 +154,7 @@ class ClientNode:
             raise
         self.inputs.start(self._initial)
         self._initial = None
+        self.task.holdout = self.inputs.holdout
         self._stack = AsyncExitStack()
         self._stack.enter_context(self.telemetry)
         await self._stack.enter_async_context(self.transport)
@@ -259,10 +260,11 @@ class ClientNode:
         started = time.perf_counter()
         seen, version = self.samples.seen, self.task.version
         x, y = self.samples.arrays()  # a snapshot: add_samples may go on while the thread trains
-        message = await self._workers.run(self.task.train, x, y, self.samples.label_counts(), self._workers.stop)
+        message, cpu = await self._workers.run_timed(self.task.train, x, y, self.samples.label_counts(),
+                                                     self._workers.stop)
         self._events.emit(Trained(self.config.node_id, self.task.tier or "", time.perf_counter() - started))
         self.readiness.trained_on = (version, seen)
-        await self.readiness.pace(started, self.task.knowledge is not None)
+        await self.readiness.pace(started, self.task.knowledge is not None, cpu)
         self.state = "publishing"
         message = dataclasses.replace(message, seq=self._seq.next(), sent_at=time.time())
         await self.outbox.send(self.transport, message, self.task.tier or "")
@@ -286,6 +288,7 @@ class ClientNode:
             "bytes_down": self.bytes_down + self.task.bytes_fetched, "rejected": dict(self.rejects.counts),
             "handler_errors": self.faults.total, "handler_errors_by_class": dict(self.faults.counts),
             "last_loss": None if loss != loss else round(loss, 4),
+            "epochs_done": self.task.epochs_done, "holdout_accuracy": self.task.holdout_accuracy,
         }
 
     def _status(self, online: bool, state: str) -> bytes:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from koala_async.core.holdout import holdout_seed, holdout_split
 from koala_async.core.retention import AddResult, SampleBuffer
 from koala_async.core.splits import SplitSpec
 from koala_async.errors import DataError
@@ -35,6 +36,8 @@ class ClientInputs:
         # Derived from a dataset: the split it came from (core/splits.py) and its samples' dataset ids.
         self.split: SplitSpec | None = None
         self.dataset_ids: np.ndarray | None = None
+        # initial samples kept out of training, to evaluate the small model on (core/holdout.py)
+        self.holdout: tuple[np.ndarray, np.ndarray] | None = None
 
     def load_initial(self) -> tuple[np.ndarray, np.ndarray, int] | None:
         """The configured private data as (x, y, classes), or None for an empty start (blocking)."""
@@ -51,7 +54,10 @@ class ClientInputs:
                                     cfg.proxy_fraction, cfg.validation_fraction or 0.0)
             self.split, self.dataset_ids = fed.splits.spec, fed.dataset_ids(cfg.shard)
             data = fed.client(cfg.shard)
-        return data.x, data.y, data.spec.num_classes
+        train, held = holdout_split(len(data.y), cfg.holdout, holdout_seed(cfg.seed, cfg.shard))
+        if len(held):
+            self.holdout = data.x[held], data.y[held]
+        return data.x[train], data.y[train], data.spec.num_classes
 
     def start(self, initial: tuple[np.ndarray, np.ndarray, int] | None) -> None:
         """On the event loop: take the initial data; from now on ``add`` only from this thread."""

@@ -15,6 +15,7 @@ from koala_async.core.staleness import StalenessPolicy
 from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import check_id
 from koala_async.core.trust import TrustConfig
+from koala_async.core.warmup import Warmup
 
 
 def check_metrics_port(port: int | None) -> None:
@@ -55,7 +56,7 @@ class ServerConfig:
     broker: str | tuple[str, ...] = "mqtt://127.0.0.1:1883"
     mqtt_version: int | None = None  # None: MQTT 5 where the broker offers it, else 3.1.1; 4 = 3.1.1 only
     federation: str = "default"
-    mode: Mode = DEFAULT_MODE  # async | sync | fedavg (core/modes.py)
+    mode: Mode = DEFAULT_MODE  # async | sync | fedavg | fedbuff (core/modes.py)
     round_timeout: float = 120.0  # sync and fedavg: seconds a round waits for its selected clients
     round_min_clients: int = 1  # sync and fedavg: fewer deliveries than this are not aggregated
     # Data: a dataset name from which proxy, validation and test splits are derived (as clients derive
@@ -90,7 +91,11 @@ class ServerConfig:
     # per fresh arrival fused (up to max(4, buffer_size) arrivals per fusion); an arrival s versions
     # stale buys distill_steps * w(s) of them (core/staleness.py damped_steps: FedAsync damping)
     distill_steps: int = 40
-    buffer_size: int = 1
+    buffer_size: int = 1  # async and fedbuff: fuse (or average) after this many arrivals (FedBuff's K)
+    global_lr: float = 1.0  # fedbuff: the server's step on the mean of a buffer's staleness-scaled deltas
+    # async: the first version waits for this share of the available clients (or the timeout after the
+    # first arrival), so the first knowledge is not one non-IID client's (core/warmup.py)
+    warmup: Warmup = field(default_factory=Warmup)
     # Latency budget: a version's distillation stops after this many seconds (None = run all its
     # steps); what arrived meanwhile fuses into the next version, so arrival-to-published latency
     # stays bounded when many clients publish.
@@ -155,6 +160,8 @@ class ServerConfig:
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"augment {self.augment!r} is not one of {list(AUGMENTATIONS)}")
         object.__setattr__(self, "mode", Mode.parse(self.mode))
+        if not self.global_lr > 0:
+            raise ValueError("global_lr must be > 0")
         if self.round_timeout <= 0 or self.round_min_clients < 1:
             raise ValueError("round_timeout must be > 0 and round_min_clients >= 1")
         if not 1024 <= self.proxy_chunk_bytes <= 15 * 1024 * 1024:
@@ -201,7 +208,8 @@ class ClientConfig:
     broker: str | tuple[str, ...] = "mqtt://127.0.0.1:1883"
     mqtt_version: int | None = None  # None: MQTT 5 where the broker offers it, else 3.1.1; 4 = 3.1.1 only
     federation: str = "default"
-    # async | sync | fedavg (core/modes.py); a client also follows the rounds the server's knowledge announces.
+    # async | sync | fedavg | fedbuff (core/modes.py); a client also follows the rounds the server's knowledge
+    # announces.
     mode: Mode = DEFAULT_MODE
     # Private data: an .npz file with x and y, or shard ``shard`` of ``num_shards`` Dirichlet shards
     # derived from ``dataset`` and ``seed`` (the same derivation the server uses for proxy and test),
@@ -217,6 +225,9 @@ class ClientConfig:
     proxy_fraction: float = 0.25
     tier: str | None = None  # architecture name; "auto" = chosen from measured resources; None = "small"
     profile: str | None = None  # simulate a device class ("pi-zero", "pi-4", "laptop", ...): caps the probe
+    # False where many simulated devices share one host (the scenario runner's processes): the host's
+    # load average is then theirs, not this device's, and counts as unknown (a profile sets its own).
+    host_load: bool = True
     tier_policy: TierPolicy = field(default_factory=TierPolicy)
     train: TrainSettings = field(default_factory=TrainSettings)
     max_updates: int = 0  # 0 = keep contributing until stopped
@@ -230,7 +241,13 @@ class ClientConfig:
     # The class histogram of the private data, sent with each update. Off: private metadata a
     # logit-only federation does not need, and mean fusion was no better with it (docs/fusion.md).
     send_label_counts: bool = False
-    slowdown: float = 1.0  # > 1 simulates a slower device: training takes this many times longer
+    # Share of the initial private samples kept out of training to evaluate the small model on
+    # (status: holdout_accuracy; core/holdout.py); 0 trains on everything.
+    holdout: float = 0.1
+    model_out: str | None = None  # write the small model here after each training (safetensors)
+    # Simulated device speed: a training lasts (its CPU time on this host, or the profile's FLOP time)
+    # x slowdown; > 1 makes the device that many times slower than a host core (nodes/readiness.py).
+    slowdown: float = 1.0
     threads: int = 1
     username: str | None = None
     password: str | None = None
@@ -283,6 +300,8 @@ class ClientConfig:
             raise ValueError("num_classes must be >= 1")
         if self.event_queue < 1:
             raise ValueError("event_queue must be >= 1")
+        if not 0 <= self.holdout < 1:
+            raise ValueError("holdout must be in [0, 1)")
         if not 0 < self.proxy_subset <= 1:
             raise ValueError("proxy_subset must be in (0, 1]")
         if not 0 <= self.shard < self.num_shards:

@@ -7,7 +7,7 @@ mode-specific part to one of these (chosen in :mod:`koala_async.nodes.modes`):
   or a local file through :mod:`~koala_async.nodes.proxy_sync`) and the server's knowledge, trains its
   small model (its tier) on private data plus distillation of the knowledge on proxy inputs,
   and sends an :class:`~koala_async.core.envelope.Update`: float16 logits on proxy samples.
-- :class:`AveragingTask` (``fedavg``): takes the global model, trains the server's large architecture
+- :class:`AveragingTask` (``fedavg``, ``fedbuff``): takes the global model, trains the server's large architecture
   from the global weights on private data, and sends :class:`~koala_async.core.envelope.Weights`.
 
 ``take`` adopts a message the task subscribed to (returning a reject reason, or None); ``train`` runs
@@ -56,6 +56,9 @@ class DistillTask:
         self.ready = asyncio.Event()  # set once it can train: the proxy set is here
         self.changed = asyncio.Event()  # set on every new version
         self.last_loss = float("nan")
+        self.epochs_done = 0  # local epochs trained, over all updates (the local-only reference matches it)
+        self.holdout: tuple[np.ndarray, np.ndarray] | None = None  # set by the node (client_inputs.py)
+        self.holdout_accuracy: float | None = None
         self._rng = random.Random(f"{config.seed}-{config.node_id}-ids")
         self.sync = ProxySync(config, topics)  # the proxy set: manifest -> chunks (or proxy_path) -> inputs
         self._inputs: ClientInputs | None = None  # where its shard came from (the split check)
@@ -193,12 +196,27 @@ class DistillTask:
             ids = rows_out if scheduled is None else scheduled[rows_out]
         scale = self.standardizer(proxy)  # vectors: by the proxy set's statistics, as the server does
         pool = model_inputs(pool, scale)  # images: unchanged (uint8 pixels stay uint8)
+        before = self.trainer.epochs_done
         self.last_loss = self.trainer.train(model_inputs(x, scale), y, pool, teacher, stop=stop,
                                             temperature=temperature)
+        self.epochs_done += self.trainer.epochs_done - before
+        self._after_training(self.trainer.model, self.tier, cfg.model_out, scale)
         logits = predict_logits(self.trainer.model, pool if rows_out is None else pool[rows_out]).astype(np.float16)
         return Update(sender=cfg.node_id, seq=0, base_version=base_version, tier=self.tier, n_samples=len(y),
                       proxy_id=proxy.proxy_id, logits=logits, sample_ids=ids, sent_at=time.time(),
                       label_counts=label_counts if cfg.send_label_counts else None)
+
+    def _after_training(self, model: Any, tier: str, path: str | None, scale: Standardizer | None) -> None:
+        """Evaluate on the held-out private samples (scaled as training's); write the model where the config says."""
+        if self.holdout is not None:
+            from koala_async.learning.distill import accuracy
+            from koala_async.learning.standardize import model_inputs
+
+            self.holdout_accuracy = accuracy(model, model_inputs(self.holdout[0], scale), self.holdout[1])
+        if path:
+            from koala_async.learning.model_file import save_model
+
+            save_model(model, tier, path)
 
     def still_valid(self, message: Message) -> str:
         """Why an update left pending by a crash must not be sent now ("" if it may)."""
@@ -231,6 +249,10 @@ class AveragingTask:
         self.ready = asyncio.Event()
         self.changed = asyncio.Event()
         self.last_loss = float("nan")
+        self.epochs_done = 0
+        self.trainings = 0
+        self.holdout: tuple[np.ndarray, np.ndarray] | None = None
+        self.holdout_accuracy: float | None = None
         self.spec: InputSpec | None = None
         self._model: Any = None
         self._layouts: dict[str, dict[str, tuple[int, ...]] | None] = {}
@@ -252,7 +274,10 @@ class AveragingTask:
     def version(self) -> int | None:
         return self.global_model.base_version if self.global_model is not None else None
 
-    in_rounds = True
+    @property
+    def in_rounds(self) -> bool:
+        """FedAvg trains once per round; FedBuff whenever ready."""
+        return self.config.mode.rounds
 
     def refusal(self) -> str:
         return ""  # the global model carries no split to check against
@@ -323,15 +348,25 @@ class AveragingTask:
         epochs = t.fedavg_epochs or t.epochs
         self.trainer = LocalTrainer(self._model, TrainConfig(epochs=epochs, batch_size=t.batch_size,
                                                              lr=t.fedavg_lr, kd_weight=0.0),
-                                    seed=cfg.seed + cfg.shard + 7919 * base.base_version)
+                                    seed=cfg.seed + cfg.shard + 7919 * base.base_version + 104729 * self.trainings)
+        self.trainings += 1  # FedBuff may train twice from one version: a new shuffle each time
         self.last_loss = self.trainer.train(x, y, stop=stop)
+        self.epochs_done += self.trainer.epochs_done
+        if self.holdout is not None:
+            from koala_async.learning.distill import accuracy
+
+            self.holdout_accuracy = accuracy(self._model, *self.holdout)
         params = {k: v.detach().numpy().astype(np.float32, copy=True) for k, v in self._model.state_dict().items()}
         return Weights(sender=cfg.node_id, seq=0, base_version=base.base_version, model=base.model,
                        n_samples=len(y), params=params, sent_at=time.time())
 
     def still_valid(self, message: Message) -> str:
-        if not isinstance(message, Weights) or message.base_version != self.version:
+        if not isinstance(message, Weights):
+            return "not weights"
+        if self.config.mode.rounds and message.base_version != self.version:
             return "not for the current round"
+        if (self.version or 0) - message.base_version > self.config.pending_max_staleness:
+            return f"stale: built on version {message.base_version}, the global model is at {self.version}"
         return ""
 
 

@@ -18,18 +18,23 @@ if TYPE_CHECKING:
 def server_parts(config: ServerConfig, topics: Topics, next_seq: Any) -> tuple[Pacing, Learner]:
     """The pacing policy and learner of ``config.mode``."""
     from koala_async.learning.averaging_learner import AveragingLearner
+    from koala_async.learning.buffered_learner import BufferedLearner
     from koala_async.learning.distill_learner import DistillLearner
     from koala_async.nodes.pacing import Continuous, Discard, Rounds
 
     mode = config.mode
-    learner: Learner = (AveragingLearner if mode.exchanges_weights else DistillLearner)(config, topics, next_seq)
-    pacing: Pacing = Discard(config) if config.ingest_only else Rounds(config) if mode.rounds else Continuous(config)
+    kind = (DistillLearner if not mode.exchanges_weights else AveragingLearner if mode.rounds
+            else BufferedLearner)  # KOALA; FedAvg (rounds); FedBuff (no rounds)
+    learner: Learner = kind(config, topics, next_seq)
+    # The cold-start wait is KOALA's (its first knowledge teaches every client); FedBuff has its buffer.
+    pacing: Pacing = (Discard(config) if config.ingest_only else Rounds(config) if mode.rounds
+                      else Continuous(config, warmup=not mode.exchanges_weights))
     return pacing, learner
 
 
 def client_task(config: ClientConfig, topics: Topics) -> LocalTask:
     """The local training task of ``config.mode``: a small model distilling knowledge (KOALA) or the
-    server's large model trained from the global weights (FedAvg)."""
+    server's large model trained from the global weights (FedAvg, FedBuff)."""
     from koala_async.nodes.local_training import AveragingTask, DistillTask
 
     return (AveragingTask if config.mode.exchanges_weights else DistillTask)(config, topics)

@@ -10,7 +10,9 @@ takes one delivery per client, built on the current round) and wants to hear abo
   without arrivals, such as a client's status change, publishes no version, which would make every
   client one version staler for nothing); each arrival buys ``distill_steps`` steps, capped so a
   burst cannot stall the loop, and the learner damps them by staleness
-  (:func:`~koala_async.core.staleness.damped_steps`).
+  (:func:`~koala_async.core.staleness.damped_steps`). Only the first version waits for a share of the
+  available clients (:mod:`koala_async.core.warmup`): it is all the clients will know.
+  ``fedbuff`` uses it too, with ``buffer_size`` as FedBuff's K and no cold-start wait.
 - :class:`Rounds` (``sync``, ``fedavg``): a batch is a complete round
   (:class:`~koala_async.core.rounds.RoundBarrier`): every selected client delivered, or the round timed
   out with at least one delivery.
@@ -74,9 +76,10 @@ async def _wait(event: asyncio.Event, seconds: float | None) -> bool:
 class Continuous:
     gate = staticmethod(always_open)
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, warmup: bool = True) -> None:
         self.buffer_size = config.buffer_size
         self.distill_steps = config.distill_steps
+        self.warmup = config.warmup if warmup else None
 
     def on_presence(self, state: ServerState, client: str | None = None) -> None:
         pass
@@ -88,10 +91,14 @@ class Continuous:
         if not await _wait(arrived, idle):
             return None
         if not state.pending:
-            # Woken by a presence change (any status from any id sets ``arrived``): nothing to learn
-            # from, and a version without new arrivals would only make every client's update staler.
+            # Woken by a presence change, not an arrival: nothing new to learn, so no new version. (A
+            # version without arrivals republished the untrained model's logits as knowledge, which
+            # clients then distilled: the early collapse to chance accuracy.)
             arrived.clear()
             return None
+        first = state.version == 0
+        if first and self.warmup is not None:
+            await self._warm_up(state, arrived)
         if len(state.pending) < self.buffer_size:
             deadline = time.monotonic() + FLUSH_AFTER
             while len(state.pending) < self.buffer_size and time.monotonic() < deadline:
@@ -103,8 +110,24 @@ class Continuous:
         arrivals = state.take(MAX_BATCH)
         if state.pending:
             arrived.set()  # more than one batch waits: the next version starts at once
-        # Arrivals that queued up while the last distillation ran still each buy training.
-        return Batch(arrivals, self.distill_steps * min(len(arrivals), max(4, self.buffer_size)))
+        # Arrivals that queued up while the last distillation ran still each buy training, capped so a
+        # burst cannot stall the loop; the first version, which every client will learn from, gets
+        # steps for each client it fuses.
+        cap = len({a.message.sender for a in arrivals}) if first else max(4, self.buffer_size)
+        return Batch(arrivals, self.distill_steps * min(len(arrivals), cap))
+
+    async def _warm_up(self, state: ServerState, arrived: asyncio.Event) -> None:
+        """Hold the first version until a share of the available clients delivered (core/warmup.py)."""
+        while True:
+            waited = time.monotonic() - state.pending[0].arrived
+            contributors = len({a.message.sender for a in state.pending})
+            assert self.warmup is not None
+            if self.warmup.ready(contributors, len(state.available()), waited):
+                log.info("first version: %d clients delivered after %.1f s (%d available)", contributors,
+                         waited, len(state.available()))
+                return
+            arrived.clear()
+            await _wait(arrived, self.warmup.remaining(waited))
 
     def published(self, state: ServerState) -> None:
         pass

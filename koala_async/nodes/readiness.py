@@ -8,6 +8,7 @@ module re-probes resources (psutil, in a worker thread) and waits until the rule
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 import time
@@ -43,7 +44,10 @@ class Readiness:
         """Measure resources now (blocking), capped by the simulated device profile if any."""
         from koala_async.io.resources import probe
 
-        self.resources = probe(self.profile)
+        snapshot = probe(self.profile)
+        if not self.config.host_load and self.profile is None:
+            snapshot = dataclasses.replace(snapshot, load_1m=None)  # the other simulated devices' load
+        self.resources = snapshot
         return self.resources
 
     def samples_per_epoch(self, distilling: bool = True) -> int:
@@ -100,10 +104,19 @@ class Readiness:
         flops = spec.train_flops_per_sample * self.samples_per_epoch(distilling) * self.config.train.epochs
         return flops / self.resources.flops
 
-    async def pace(self, started: float, distilling: bool) -> None:
-        """Make a training that began at ``started`` (perf_counter) last as long as on this device."""
-        simulated = self.simulated_seconds(distilling)
-        if simulated > 0:
-            await asyncio.sleep(max(0.0, simulated - (time.perf_counter() - started)))
-        if self.config.slowdown > 1:
-            await asyncio.sleep((time.perf_counter() - started) * (self.config.slowdown - 1))
+    def device_seconds(self, distilling: bool, cpu_seconds: float) -> float:
+        """How long a training that took ``cpu_seconds`` of this host's CPU lasts on the device:
+        the profile's FLOP time or the CPU time, whichever is longer, times ``slowdown``."""
+        return max(self.simulated_seconds(distilling), cpu_seconds) * self.config.slowdown
+
+    async def pace(self, started: float, distilling: bool, cpu_seconds: float = 0.0) -> None:
+        """Make a training that began at ``started`` (perf_counter) and used ``cpu_seconds`` of CPU
+        last as long as on this device.
+
+        The device's time is derived from CPU time, not wall time: where many simulated devices
+        share a host, a training's wall time is mostly waiting for a core, so scaling it (as this
+        did) made a "10x slower" client only a second or two slower than the others, and rounds
+        were gated by the server's distillation instead (measured: an 11 s wait for the slow
+        clients, then 17 s of distillation, per round)."""
+        target = self.device_seconds(distilling, cpu_seconds)
+        await asyncio.sleep(max(0.0, target - (time.perf_counter() - started)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -28,6 +29,16 @@ class Workers:
         self.running.add(future)
         future.add_done_callback(self.running.discard)
         return await asyncio.shield(future)
+
+    async def run_timed(self, fn: Callable[..., T], *args: Any) -> tuple[T, float]:
+        """:meth:`run`, and the CPU seconds the worker thread spent on it (not its wall time: on a
+        shared host, most of that can be waiting for a core)."""
+        def timed() -> tuple[T, float]:
+            started = time.thread_time()
+            result = fn(*args)
+            return result, time.thread_time() - started
+
+        return await self.run(timed)
 
     async def join(self) -> None:
         """Ask running jobs to stop, then wait for every one of them to return."""

@@ -12,6 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from koala_async.core.modes import MODES
 from koala_async.errors import ConfigError, KoalaError
 
 T = TypeVar("T")
@@ -249,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write a PNG plot here (accuracy with events, updates, staleness)")
     p.add_argument("--broker", help="override the scenario's broker: embedded, mosquitto or mqtt://HOST:PORT")
     p.add_argument("--no-reference", action="store_true", help="skip the local-only reference training")
-    p.add_argument("--mode", choices=("async", "sync", "fedavg"),
+    p.add_argument("--mode", choices=MODES,
                    help="override the scenario's [federation] mode: async KOALA, KOALA in synchronous "
                         "rounds, or FedAvg of the large model")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", help=".npz with x and y: the held-out test set")
     p.add_argument("--report", help="write a JSON report here on shutdown")
     p.add_argument("--keys-file", help="JSON {client id: key}: require HMAC-signed updates")
-    p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
+    p.add_argument("--mode", choices=MODES, help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_server)
 
@@ -310,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print the resource probe, chosen tier and predicted memory/time; connect to nothing")
     p.add_argument("--json", action="store_true", help="with --dry-run: print the plan as JSON")
-    p.add_argument("--mode", choices=("async", "sync", "fedavg"), help="federation mode (default async)")
+    p.add_argument("--mode", choices=MODES, help="federation mode (default async)")
     _add_security_flags(p)
     p.set_defaults(func=cmd_client)
 

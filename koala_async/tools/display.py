@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Self
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -20,7 +20,7 @@ class RunView:
         self._live: Live | None = None
         self._last_line = 0.0
 
-    def __enter__(self) -> RunView:
+    def __enter__(self) -> Self:
         if not self.quiet and self.console.is_terminal:
             self._live = Live(console=self.console, refresh_per_second=4, transient=False)
             self._live.__enter__()
@@ -79,8 +79,8 @@ def summary_table(report: dict[str, Any]) -> Table:
          f"v{best}: {lm['best_validation_accuracy']:.3f} / {lm['best_test_accuracy']:.3f}"
          + (f" (the last, v{lm['version']}, is below it on validation)" if lm.get("last_below_best") else "")
          if best is not None else "- (no validation split)"),
-        ("local-only mean accuracy", f"{report['local_only']['mean_test_accuracy']:.3f}"
-         if report["local_only"]["mean_test_accuracy"] is not None else "-"),
+        ("small models mean accuracy", _acc(report.get("small_models", {}).get("mean_test_accuracy"))),
+        ("local-only mean accuracy (same epochs)", _acc(report["local_only"]["mean_test_accuracy"])),
         ("server versions", str(lm["version"])),
         ("updates accepted", str(report["updates"]["accepted"])),
         ("updates rejected", str(sum(report["updates"]["rejected"].values()))),
@@ -103,3 +103,7 @@ def assertions_table(report: dict[str, Any]) -> Table:
         table.add_row(a["name"], "[green]pass[/]" if a["passed"] else "[red]FAIL[/]", shown,
                       str(a["threshold"]), a.get("detail", ""))
     return table
+
+
+def _acc(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import signal
 import tempfile
 import time
@@ -19,83 +20,22 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
-from koala_async.core.envelope import Limits, Status, decode
 from koala_async.core.topics import Topics
-from koala_async.errors import KoalaError, MessageError
+from koala_async.errors import KoalaError
 from koala_async.io.transport import BrokerAddress, MqttTransport, parse_brokers
 from koala_async.tools.assertions import evaluate
 from koala_async.tools.bench.stats import ratio, time_to_target
 from koala_async.tools.brokers import broker_process, wait_listening
 from koala_async.tools.display import RunView
+from koala_async.tools.forkserver import ForkServer
 from koala_async.tools.linkproxy import LinkProxy
-from koala_async.tools.processes import NodeProcess, ProcessSet
+from koala_async.tools.observer import Observer, watch
+from koala_async.tools.processes import NodeProcess, ProcessSet, core_plan, node_env
 from koala_async.tools.savings import measure_run_models, savings
 from koala_async.tools.scenario import Scenario
 from koala_async.tools.timeline import Event, Scheduler
 
 log = logging.getLogger(__name__)
-
-
-class Observer:
-    """Collects what the federation says about itself on its status topics."""
-
-    def __init__(self, topics: Topics, started: float) -> None:
-        self.topics = topics
-        self.started = started
-        self.server: dict[str, Any] = {}
-        self.server_online = False
-        self.server_status_at = -1.0  # elapsed time of the last server status with counters
-        self.clients: dict[str, dict[str, Any]] = {}
-        self.client_status_at: dict[str, float] = {}
-        self.timeline: list[tuple[float, int, float]] = []  # (t, version, test accuracy): reported
-        self.validation_timeline: list[tuple[float, int, float]] = []  # the same on validation: for choices
-        self.samples: list[dict[str, Any]] = []  # one per server status: the run's own time series
-        self.staleness_max_seen = 0
-        self.last_version_change = time.monotonic()
-        self.malformed = 0
-
-    def elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    def feed(self, topic: str, payload: bytes) -> None:
-        try:
-            msg = decode(payload, Limits())
-        except MessageError:
-            self.malformed += 1
-            return
-        if not isinstance(msg, Status):
-            return
-        now = round(self.elapsed(), 3)
-        if topic == self.topics.server_status:
-            self.server_online = msg.online
-            if not msg.info:
-                return
-            version = msg.info.get("version", 0)
-            acc = msg.info.get("test_accuracy")
-            if version != self.server.get("version"):
-                self.last_version_change = time.monotonic()
-                if isinstance(acc, float):
-                    self.timeline.append((now, version, acc))
-                val = msg.info.get("validation_accuracy")
-                if isinstance(val, float):
-                    self.validation_timeline.append((now, version, val))
-            self.server = msg.info
-            self.server_status_at = now
-            self.staleness_max_seen = max(self.staleness_max_seen, int(msg.info.get("staleness_max", 0)))
-            self.samples.append({"t": now, "version": version, "accuracy": acc,
-                                 "accepted": msg.info.get("accepted", 0), "online": msg.online,
-                                 "accepted_by_client": dict(msg.info.get("accepted_by_client", {}))})
-        else:
-            cid = self.topics.client_of(topic)
-            if cid is not None:
-                self.clients[cid] = {**self.clients.get(cid, {}), **msg.info, "online": msg.online,
-                                     "state": msg.state}
-                self.client_status_at[cid] = now
-
-
-async def _watch(transport: MqttTransport, observer: Observer) -> None:
-    async for msg in transport.messages():
-        observer.feed(msg.topic, msg.payload)
 
 
 class Run:
@@ -215,9 +155,14 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
     failure = ""
     fed = scenario.federation
     scheduler = Scheduler(scenario.timeline)
+    plan = core_plan() if fed.pin_cores else None
+    server_cpus, other_cpus = plan if plan is not None else (None, None)
     async with AsyncExitStack() as stack:
         stack.callback(processes.close)  # registered first: runs last, whatever happened
         view = stack.enter_context(RunView(f"koala run {fed.name}", quiet=quiet))
+        # Nodes are forked from a process that has imported torch and the runtime once (tools/forkserver.py).
+        launcher: ForkServer | None = ForkServer(node_env(workpath), other_cpus, workpath / "forkserver.log")
+        processes.launcher = launcher
         broker_ports: dict[str, int] = {}
         if scenario.broker.kind == "external":
             assert scenario.broker.url is not None
@@ -226,6 +171,7 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
             urls = []
             for name in scenario.broker.names:  # independent brokers; nodes fail over down the list
                 node, one = broker_process(scenario.broker.kind, workpath, scenario.broker.mosquitto, name)
+                node.cpus = other_cpus
                 processes.add(node)
                 broker_ports[name] = BrokerAddress.parse(one).port
                 processes.start(name)
@@ -237,21 +183,34 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
             if event.action == "cut" and event.target not in proxies:  # cuts the link to the first broker
                 proxies[event.target] = await stack.enter_async_context(
                     LinkProxy(BrokerAddress.parse(urls[0]).port))
-        server_cfg = _with_server_state(scenario.server_config(url), workpath)
-        client_cfgs = [{**c, "broker": ",".join([proxies[c["node_id"]].url, *urls[1:]])}
-                       if c["node_id"] in proxies else c for c in scenario.client_configs(url)]
+        # amqtt speaks MQTT 3.1.1 only: nodes need not spend a timeout asking it for 5 first.
+        protocol = {"mqtt_version": 4} if scenario.broker.kind == "embedded" else {}
+        server_cfg = _with_server_state({**protocol, **scenario.server_config(url)}, workpath)
+        # KOALA clients write their small model into the work dir: evaluated on the test split afterwards.
+        client_cfgs = [{**protocol, **_model_out(c, workpath, fed.mode),
+                        **({"broker": ",".join([proxies[c["node_id"]].url, *urls[1:]])}
+                           if c["node_id"] in proxies else {})}
+                       for c in scenario.client_configs(url)]
+        if launcher is not None and not await asyncio.to_thread(launcher.wait_ready):
+            view.event(observer.elapsed(), "fork server failed (see forkserver.log): nodes start as new processes")
+            launcher.close()
+            processes.launcher = launcher = None
         view.event(observer.elapsed(), f"{scenario.broker.kind} broker(s) at {url}; work dir {workpath}")
         transport = await stack.enter_async_context(MqttTransport(
             parse_brokers(urls), f"koala-{fed.name}-runner",
             subscriptions=((topics.server_status, 1), (topics.all_client_status, 1))))
         tasks = await stack.enter_async_context(asyncio.TaskGroup())
-        watcher = tasks.create_task(_watch(transport, observer))
+        watcher = tasks.create_task(watch(transport, observer))
         run = Run(scenario, processes, observer, view, proxies, broker_ports)
-        processes.add(NodeProcess("server", "server", server_cfg, workpath))
+        if plan is not None:
+            view.event(observer.elapsed(), f"server pinned to cores {sorted(server_cpus or ())}, "
+                                           f"clients to {sorted(other_cpus or ())}")
+        processes.add(NodeProcess("server", "server", server_cfg, workpath, cpus=server_cpus, launcher=launcher))
         run.start("server")
         first = set(scenario.initially_started())
         for cfg in client_cfgs:
-            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath, nice=fed.client_nice))
+            processes.add(NodeProcess(cfg["node_id"], "client", cfg, workpath, nice=fed.client_nice,
+                                      cpus=other_cpus, launcher=launcher))
             if cfg["node_id"] in first:
                 run.start(cfg["node_id"])
         view.event(observer.elapsed(), f"started server and {len(first)} of {len(client_cfgs)} clients")
@@ -260,7 +219,8 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
             while observer.elapsed() < fed.duration:
                 for event in scheduler.due(observer.elapsed()):
                     await run.apply(event)
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(min(0.25, fed.sample_every / 2))
+                observer.sample(fed.sample_every)
                 view.update(observer.elapsed(), observer.server, observer.clients,
                             online_processes=sum(1 for n in processes.nodes.values()
                                                  if n.role == "client" and n.alive and n.name not in run.paused))
@@ -282,14 +242,17 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
         # Leaving the stack: the watcher's transport disconnects, then every process is reaped.
         view.event(observer.elapsed(), "federation stopped")
     local: dict[str, float] = {}
-    if local_reference:
-        from koala_async.tools.baselines import local_only
+    from koala_async.tools.baselines import local_only, small_models
 
-        # The local-only reference trains the tier each client reported (it may have chosen it: "auto").
+    small = await asyncio.to_thread(small_models, client_cfgs)
+    if local_reference:
+        # The local-only reference trains the tier each client reported (it may have chosen it: "auto"),
+        # for as many epochs as it reported training.
         chosen = [{**c, "tier": observer.clients.get(c["node_id"], {}).get("tier") or c.get("tier")}
                   for c in client_cfgs]
-        local = await asyncio.to_thread(local_only, server_cfg, chosen)
-    report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure)
+        epochs = {cid: int(c["epochs_done"]) for cid, c in observer.clients.items() if c.get("epochs_done")}
+        local = await asyncio.to_thread(local_only, server_cfg, chosen, epochs)
+    report = build_report(scenario, observer, local, time.monotonic() - started, completed, failure, small)
     report["events"] = run.log
     report["savings"] = savings(measured, observer.server.get("large_model"),
                                 [c.get("tier") for c in report["clients"].values()])
@@ -308,15 +271,28 @@ async def run_scenario(scenario: Scenario, *, report_path: str | None = None, qu
     return report, code
 
 
+def _model_out(config: dict[str, Any], workpath: Path, mode: str) -> dict[str, Any]:
+    """A KOALA client's config with ``model_out`` in the run's work dir (unless it names its own)."""
+    from koala_async.core.modes import Mode
+
+    if Mode.parse(mode).exchanges_weights or "model_out" in config:
+        return config
+    return {**config, "model_out": str(workpath / f"{config['node_id']}.small.safetensors")}
+
+
+def _mean(values: dict[str, float]) -> float | None:
+    finite = [v for v in values.values() if math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
 def build_report(scenario: Scenario, observer: Observer, local: dict[str, float], wall: float,
-                 completed: bool, failure: str) -> dict[str, Any]:
+                 completed: bool, failure: str, small: dict[str, float] | None = None) -> dict[str, Any]:
     srv = observer.server
     clients = {cid: {k: c.get(k) for k in CLIENT_FIELDS}
                | {"accepted": srv.get("accepted_by_client", {}).get(cid, 0),
-                  "local_only_test_accuracy": local.get(cid),
+                  "local_only_test_accuracy": local.get(cid), "small_model_test_accuracy": (small or {}).get(cid),
                   "bytes_per_update": _per_update(c.get("bytes_up", 0), c.get("updates_sent", 0))}
                for cid, c in sorted(observer.clients.items())}
-    local_values = [v for v in local.values() if v == v]
     sent = sum(c.get("updates_sent", 0) for c in observer.clients.values())
     up = sum(c.get("bytes_up", 0) for c in observer.clients.values())
     target = scenario.federation.target_accuracy
@@ -338,14 +314,21 @@ def build_report(scenario: Scenario, observer: Observer, local: dict[str, float]
                         "time_to_target": time_to_target(chosen, target),
                         "validation_timeline": observer.validation_timeline,
                         **{k: srv.get(k) for k in BEST_FIELDS},
+                        # the server's latest accuracy at a fixed cadence (validation where it has it)
+                        "grid": observer.grid, "sample_every": scenario.federation.sample_every,
+                        "time_to_target_grid": time_to_target(observer.grid, target),
                         # when the server first reported (process start-up before it is not learning)
                         "first_report_at": observer.timeline[0][0] if observer.timeline else None},
-        "local_only": {"mean_test_accuracy": sum(local_values) / len(local_values) if local_values else None,
-                       "per_client": local},
+        "local_only": {"mean_test_accuracy": _mean(local), "per_client": local},
+        # each client's final small model on the same held-out test split (the other half of KOALA)
+        "small_models": {"mean_test_accuracy": _mean(small or {}), "per_client": small or {}},
         "updates": {"accepted": srv.get("accepted", 0), "rejected": srv.get("rejected", {}),
                     "sent": sum(c.get("updates_sent", 0) for c in observer.clients.values())},
         "staleness": {"mean": srv.get("staleness_mean", 0.0), "max": srv.get("staleness_max", 0),
-                      "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {})},
+                      "max_seen": observer.staleness_max_seen, "histogram": srv.get("staleness_hist", {}),
+                      # when fused (what the staleness rule weighs): see core/server_state.py
+                      "fused_mean": srv.get("fused_staleness_mean"), "fused_max": srv.get("fused_staleness_max"),
+                      "fused_histogram": srv.get("fused_staleness_hist", {})},
         "bytes": {"up": up, "down": sum(c.get("bytes_down", 0) for c in observer.clients.values()),
                   "per_update_mean": _per_update(up, sent)},
         "clients": clients,
@@ -362,7 +345,8 @@ BEST_FIELDS = ("validation_accuracy", "best_version", "best_validation_accuracy"
 # Per client in the report: what it trained (for the bench: parameters, FLOPs, peak memory) and sent.
 CLIENT_FIELDS = ("mode", "tier", "tier_reason", "n_samples", "updates_sent", "updates_accepted",
                  "updates_superseded", "updates_pending", "updates_republished", "knowledge_version", "bytes_up",
-                 "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state")
+                 "bytes_down", "model_params", "train_flops_per_sample", "rss_peak_bytes", "state",
+                 "epochs_done", "holdout_accuracy")
 
 
 def _per_update(total: float, count: int) -> float | None:

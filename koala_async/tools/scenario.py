@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from koala_async.config import find_line, load_into, read_toml, rekey
-from koala_async.core.envelope import MODES
+from koala_async.core.modes import MODES
 from koala_async.core.splits import SPLIT_KEYS
 from koala_async.errors import ConfigError
 from koala_async.nodes.config import split_fractions
@@ -38,7 +38,7 @@ ASSERTION_KINDS = ("final_accuracy", "max_staleness", "nothing_accepted_lost",
 @dataclass(frozen=True)
 class FederationSpec:
     name: str = "default"
-    mode: Literal["async", "sync", "fedavg"] = "async"  # core.envelope.MODES
+    mode: Literal["async", "sync", "fedavg", "fedbuff"] = "async"  # core.modes.MODES
     dataset: str = "digits"
     seed: int = 0
     alpha: float = 0.5
@@ -56,6 +56,12 @@ class FederationSpec:
     # server on one machine; real devices train on their own CPUs and never slow the server down.
     # A positive value gives the server first claim on the cores, as separate devices would.
     client_nice: int = 0
+    # Pin co-located processes (os.sched_setaffinity): the server on a core of its own, broker and
+    # clients on the others, so client training never slows the server, as on separate devices.
+    pin_cores: bool = True
+    # Every this many seconds the runner samples the server's latest held-out accuracy (the report's
+    # large_model.grid): every mode is read on the same wall-clock cadence, however often it publishes.
+    sample_every: float = 1.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.client_nice <= 19:
@@ -66,6 +72,8 @@ class FederationSpec:
             raise ValueError("target_accuracy must be in (0, 1]")
         if self.duration <= 0:
             raise ValueError("duration must be > 0")
+        if self.sample_every <= 0:
+            raise ValueError("sample_every must be > 0")
         if self.until not in ("done", "duration"):
             raise ValueError(f"until {self.until!r} is not one of ['done', 'duration']")
         object.__setattr__(self, "validation_fraction",
@@ -205,7 +213,8 @@ class Scenario:
         for group in self.clients:
             extra = {"profile": group.profile} if group.profile is not None else {}
             for i in range(group.count):
-                out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset,
+                # host_load: every client of a scenario shares this host; its load is not theirs.
+                out.append({"broker": broker_url, "federation": f.name, "dataset": f.dataset, "host_load": False,
                             "seed": f.seed, "alpha": f.alpha, "test_fraction": f.test_fraction,
                             "validation_fraction": f.validation_fraction,
                             "proxy_fraction": f.proxy_fraction, "num_shards": self.num_clients,

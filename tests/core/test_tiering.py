@@ -80,20 +80,24 @@ def test_next_tier_only_moves_down(current: str, chosen: str, expected: str) -> 
     assert next_tier(current, TierChoice(chosen, "", None), CATALOG) == expected
 
 
-@pytest.mark.parametrize("resources, trained, knowledge, data, waited, ready, reason", [
-    (snap(), False, False, False, 0.0, True, "first training"),
-    (snap(), True, True, False, 0.0, True, "new knowledge"),
-    (snap(), True, False, True, 0.0, True, "new data"),
-    (snap(), True, False, False, 5.0, False, "no new knowledge"),
-    (snap(), True, False, False, 31.0, True, "nothing new for 31 s"),
-    (snap(battery_percent=12.0, battery_plugged=False), False, True, True, 0.0, False, "battery 12% unplugged"),
-    (snap(battery_percent=12.0, battery_plugged=True), False, True, True, 0.0, True, "first training"),
-    (snap(load_1m=16.0), False, True, True, 0.0, False, "load 4.00/core"),
-    (snap(load_1m=None), False, False, False, 0.0, True, "first training"),
+@pytest.mark.parametrize("resources, trained, knowledge, data, waited, max_wait, ready, reason", [
+    (snap(), False, False, False, 0.0, 0.0, True, "first training"),
+    (snap(), True, False, False, 0.0, 0.0, True, "training on"),  # the default: never idle for news
+    (snap(load_1m=16.0), True, False, False, 0.0, 0.0, False, "load 4.00/core"),  # resources still gate
+    (snap(battery_percent=12.0, battery_plugged=False), True, False, False, 0.0, 0.0, False, "battery 12%"),
+    (snap(), True, True, False, 0.0, 30.0, True, "new knowledge"),
+    (snap(), True, False, True, 0.0, 30.0, True, "new data"),
+    (snap(), True, False, False, 5.0, 30.0, False, "no new knowledge"),  # an energy-saving device waits
+    (snap(), True, False, False, 31.0, 30.0, True, "nothing new for 31 s"),
+    (snap(battery_percent=12.0, battery_plugged=False), False, True, True, 0.0, 0.0, False, "battery 12% unplugged"),
+    (snap(battery_percent=12.0, battery_plugged=True), False, True, True, 0.0, 0.0, True, "first training"),
+    (snap(load_1m=16.0), False, True, True, 0.0, 0.0, False, "load 4.00/core"),
+    (snap(load_1m=None), False, False, False, 0.0, 0.0, True, "first training"),
 ])
 def test_readiness(resources: ResourceSnapshot, trained: bool, knowledge: bool, data: bool, waited: float,
-                   ready: bool, reason: str) -> None:
-    verdict = readiness(resources, POLICY, trained_before=trained, new_knowledge=knowledge, new_data=data,
+                   max_wait: float, ready: bool, reason: str) -> None:
+    policy = TierPolicy(epoch_budget_s=0.1, max_wait_s=max_wait)
+    verdict = readiness(resources, policy, trained_before=trained, new_knowledge=knowledge, new_data=data,
                         waited_s=waited)
     assert verdict.ready is ready
     assert reason in verdict.reason
@@ -106,7 +110,7 @@ def test_samples_per_epoch_counts_proxy_batches() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"memory_share": 0}, {"epoch_budget_s": 0},
-                                    {"low_battery": 10, "critical_battery": 20}, {"high_load": 3, "defer_load": 2}])
+                                    {"low_battery": 10, "critical_battery": 20}, {"high_load": 3, "defer_load": 2}, {"max_wait_s": -1}])
 def test_policy_rejects_nonsense(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         TierPolicy(**kwargs)  # type: ignore[arg-type]

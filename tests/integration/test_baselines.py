@@ -20,6 +20,7 @@ from koala_async.core.tiering import TierPolicy
 from koala_async.core.topics import Topics
 from koala_async.io.broker import EmbeddedBroker
 from koala_async.learning.averaging_learner import AveragingLearner
+from koala_async.learning.buffered_learner import BufferedLearner
 from koala_async.learning.distill_learner import DistillLearner
 from koala_async.nodes.client import ClientConfig, ClientNode
 from koala_async.nodes.config import TrainSettings
@@ -58,10 +59,14 @@ async def run_rounds(stack: AsyncExitStack, server: ServerNode, clients: list[Cl
 
 
 def test_the_mode_picks_pacing_and_learner_not_a_node_class() -> None:
-    parts = {mode: ServerNode(ServerConfig(mode=mode)) for mode in ("async", "sync", "fedavg")}
+    parts = {mode: ServerNode(ServerConfig(mode=mode)) for mode in ("async", "sync", "fedavg", "fedbuff")}
     assert [(type(n.pacing), type(n.learner)) for n in parts.values()] == [
-        (Continuous, DistillLearner), (Rounds, DistillLearner), (Rounds, AveragingLearner)]
+        (Continuous, DistillLearner), (Rounds, DistillLearner), (Rounds, AveragingLearner),
+        (Continuous, BufferedLearner)]
+    assert parts["async"].pacing.warmup is not None and parts["fedbuff"].pacing.warmup is None
     assert type(ClientNode(ClientConfig(mode="fedavg")).task) is AveragingTask
+    fedbuff = ClientNode(ClientConfig(mode="fedbuff")).task
+    assert type(fedbuff) is AveragingTask and not fedbuff.in_rounds
     assert type(ClientNode(ClientConfig(mode="sync")).task) is DistillTask
     with pytest.raises(ValueError, match="mode"):
         ServerConfig(mode="gossip")

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from koala_async.learning.adam import AdamW
+
 from koala_async.config import load_into
 from koala_async.errors import ConfigError
 from koala_async.learning.distill import Distiller
@@ -57,7 +59,7 @@ def test_all_trains_everything_as_before() -> None:
     model = build_model("image-small", SPEC, seed=0)
     before = _snapshot(model)
     distiller = Distiller(model, lr=1e-2)
-    assert isinstance(distiller.optimizer, torch.optim.AdamW) and len(distiller.optimizer.param_groups) == 1
+    assert isinstance(distiller.optimizer, AdamW) and len(distiller.optimizer.param_groups) == 1
     distiller.distill(*_data(), steps=2)
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
 

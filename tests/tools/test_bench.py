@@ -69,8 +69,8 @@ def test_koala_bench_quick_end_to_end(tmp_path: Path) -> None:
 
 async def test_a_refused_mode_is_null_with_a_reason_and_nothing_runs(tmp_path: Path) -> None:
     scenario = quick_scenario(load_scenario(QUICKSTART))
-    rows, reasons = await run_modes(scenario, BenchSettings(modes=("no-such-mode",)), tmp_path)
-    assert rows == {"no-such-mode": None}
+    rows, reasons = await run_modes(scenario, BenchSettings(modes=("no-such-mode",), seeds=(0, 1)), tmp_path)
+    assert rows == {0: {"no-such-mode": None}, 1: {"no-such-mode": None}}
     assert "refuses mode 'no-such-mode'" in reasons["no-such-mode"]
     assert not any(tmp_path.iterdir())
 

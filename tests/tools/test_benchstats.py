@@ -80,7 +80,8 @@ def test_auto_target_is_reached_by_every_mode() -> None:
 def test_summary_with_every_mode() -> None:
     rows = {"async": mode_row(report(0.80, [[0, 0, 0.1], [4.0, 1, 0.8]], up=2000, sent=2)),
             "sync": mode_row(report(0.78, [[0, 0, 0.1], [10.0, 1, 0.78]], up=2000, sent=2)),
-            "fedavg": mode_row(report(0.83, [[0, 0, 0.1], [20.0, 1, 0.83]], up=200_000, sent=2))}
+            "fedavg": mode_row(report(0.83, [[0, 0, 0.1], [20.0, 1, 0.83]], up=200_000, sent=2)),
+            "fedbuff": mode_row(report(0.79, [[0, 0, 0.1], [8.0, 1, 0.79]], up=200_000, sent=2))}
     for row in rows.values():
         apply_target(row, 0.7)
     # the baseline is the faster of the two raw subscribers
@@ -95,13 +96,14 @@ def test_summary_with_every_mode() -> None:
     assert summary["time_to_target_ratio_async_over_sync_from_launch"] == 0.4
     assert summary["bytes_ratio_async_over_fedavg"] == 0.01
     assert math.isclose(summary["accuracy_gap_fedavg_minus_async"], 0.03)
+    assert math.isclose(summary["accuracy_gap_fedbuff_minus_async"], -0.01)
     assert summary["ingest_ratio_runtime_over_raw"] == 0.8
     assert summary["max_clients"] == 100  # 200 missed the 1 s p99
     assert summary["fuse_latency_p99_seconds"] == 1.7  # at the largest step
 
 
 def test_summary_with_missing_modes_gives_null_and_a_reason() -> None:
-    rows = {"async": mode_row(report()), "sync": None, "fedavg": None}
+    rows = {"async": mode_row(report()), "sync": None, "fedavg": None, "fedbuff": None}
     apply_target(rows["async"], 0.5)
     refused = {"sync": "scenario schema refuses mode 'sync'", "fedavg": "run failed: boom"}
     summary, reasons = summarize(rows, refused, None, None)

@@ -7,8 +7,8 @@ import logging
 import signal
 from pathlib import Path
 
-from koala_async.tools.bench.stats import MODES
 from koala_async.errors import ConfigError
+from koala_async.tools.bench.stats import MODES
 
 DEFAULT_SCENARIOS = ("scenarios/bench/stragglers-churn.toml", "scenarios/quickstart.toml")
 
@@ -22,6 +22,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", type=float, help="target accuracy for time-to-target (default: the scenario's "
                    "federation.target_accuracy, else 0.9 x the lowest final accuracy among the modes)")
     p.add_argument("--quick", action="store_true", help="a tiny variant for CI (well under 2 minutes)")
+    p.add_argument("--seeds", help="how many seeds every mode runs with (N: seeds 0..N-1), or a comma-separated "
+                   "list of seeds (default: 3; 1 with --quick)")
     p.add_argument("--broker", help="broker for the scenario runs: embedded, mosquitto or mqtt://HOST:PORT")
     p.add_argument("--workdir", help="where runs keep configs and logs (default: a temp dir)")
     p.add_argument("--steps", help="scale run client counts, comma-separated (default: 50,100,200,300,400,600,800)")
@@ -34,8 +36,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> object:
     import dataclasses
 
-    from koala_async.tools.bench.modes import QUICK_INGEST, QUICK_SCALE, BenchSettings
     from koala_async.tools.bench.ingest import IngestSettings
+    from koala_async.tools.bench.modes import QUICK_INGEST, QUICK_SCALE, BenchSettings
     from koala_async.tools.bench.scale import ScaleSettings
 
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -56,8 +58,25 @@ def _settings(args: argparse.Namespace) -> object:
     except ValueError as exc:
         raise ConfigError(f"scale settings: {exc}") from None
     return BenchSettings(modes=() if "modes" in skip else modes, target=args.target, quick=args.quick,
+                         seeds=parse_seeds(args.seeds, 1 if args.quick else 3),
                          ingest=None if "ingest" in skip else (QUICK_INGEST if args.quick else IngestSettings()),
                          scale=None if "scale" in skip else scale)
+
+
+def parse_seeds(text: str | None, default: int) -> tuple[int, ...]:
+    """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list; ConfigError when neither."""
+    try:
+        if text is None:
+            return tuple(range(default))
+        if "," in text:
+            seeds = tuple(int(v) for v in text.split(",") if v.strip())
+        else:
+            seeds = tuple(range(int(text)))
+    except ValueError:
+        raise ConfigError(f"--seeds: {text!r} is neither a count nor a comma-separated list of seeds") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise ConfigError(f"--seeds: need at least one distinct, non-negative seed, got {text!r}")
+    return seeds
 
 
 def bench_main(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
-"""``koala bench``: the scenario once per mode (async, sync rounds, FedAvg), then the server ingest
-benchmark, then the scale run; a side-by-side table, a JSON report and a PNG of accuracy over time.
+"""``koala bench``: the scenario once per mode (async, sync rounds, FedAvg, FedBuff) and seed, then the
+server ingest benchmark, then the scale run; a side-by-side table (means over seeds with their
+spread), a JSON report and a PNG of accuracy over time.
 
 A mode the scenario schema refuses, a run that fails, or a figure a report lacks is recorded as
 ``null`` with a reason; no figure is ever made up. See ``docs/bench.md``.
@@ -16,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from koala_async.tools.bench.stats import MODES, apply_target, auto_target, mode_row, summarize
 from koala_async.errors import KoalaError
 from koala_async.tools.bench.ingest import IngestSettings, ingest_benchmark
 from koala_async.tools.bench.scale import ScaleSettings, scale_run
+from koala_async.tools.bench.seeds import combine, paired
+from koala_async.tools.bench.stats import MODES, apply_target, auto_target, mode_row, summarize
 from koala_async.tools.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,7 @@ class BenchSettings:
     # modes that ran.
     target: float | None = None
     quick: bool = False
+    seeds: tuple[int, ...] = (0, 1, 2)  # every mode runs once per seed; figures are means with spreads
     ingest: IngestSettings | None = field(default_factory=IngestSettings)  # None skips the ingest benchmark
     scale: ScaleSettings | None = field(default_factory=ScaleSettings)  # None skips the scale run
 
@@ -58,9 +61,12 @@ def quick_scenario(scenario: Scenario) -> Scenario:
                                events=[], availability=None, assertions=[], timeline=(), late=())
 
 
-def with_mode(scenario: Scenario, mode: str) -> Scenario:
-    """``scenario`` in ``mode``; raises ValueError when the schema refuses the mode."""
-    return dataclasses.replace(scenario, federation=dataclasses.replace(scenario.federation, mode=mode))
+def with_mode(scenario: Scenario, mode: str, seed: int | None = None) -> Scenario:
+    """``scenario`` in ``mode`` (and with federation ``seed``); ValueError when the schema refuses it."""
+    federation = dataclasses.replace(scenario.federation, mode=mode)  # type: ignore[arg-type]
+    if seed is not None:
+        federation = dataclasses.replace(federation, seed=seed)
+    return dataclasses.replace(scenario, federation=federation)
 
 
 def _catalog_fallback(row: dict[str, Any], report: dict[str, Any]) -> None:
@@ -81,29 +87,38 @@ def _catalog_fallback(row: dict[str, Any], report: dict[str, Any]) -> None:
             row["reasons"][key] = f"from the tier catalog ({name}, digits-sized input)"
 
 
-async def run_modes(scenario: Scenario, settings: BenchSettings, workdir: Path
-                    ) -> tuple[dict[str, dict[str, Any] | None], dict[str, str]]:
+PerSeed = dict[int, dict[str, dict[str, Any] | None]]
+
+
+async def run_modes(scenario: Scenario, settings: BenchSettings, workdir: Path) -> tuple[PerSeed, dict[str, str]]:
+    """Every mode once per seed, one run at a time (never two at once: they would share the cores).
+    Returns {seed: {mode: row or None}} and why a mode has no row."""
     from koala_async.tools.runner import run_scenario
 
-    rows: dict[str, dict[str, Any] | None] = {}
+    per_seed: PerSeed = {}
     reasons: dict[str, str] = {}
-    for mode in settings.modes:
-        try:
-            variant = with_mode(scenario, mode)
-        except ValueError as exc:
-            rows[mode], reasons[mode] = None, f"scenario schema refuses mode {mode!r}: {exc}"
-            continue
-        try:
-            report, _ = await run_scenario(variant, quiet=True, workdir=str(workdir / f"mode-{mode}"),
-                                           local_reference=False)
-        except KoalaError as exc:
-            rows[mode], reasons[mode] = None, f"run failed: {exc}"
-            continue
-        row = mode_row(report)
-        if mode in ("async", "sync"):
-            _catalog_fallback(row, report)
-        rows[mode] = row
-    return rows, reasons
+    for seed in settings.seeds:
+        rows = per_seed.setdefault(seed, {})
+        for mode in settings.modes:
+            try:
+                variant = with_mode(scenario, mode, seed)
+            except ValueError as exc:
+                rows[mode], reasons[mode] = None, f"scenario schema refuses mode {mode!r}: {exc}"
+                continue
+            try:
+                report, _ = await run_scenario(variant, quiet=True, workdir=str(workdir / f"seed-{seed}" / mode),
+                                               local_reference=False)
+            except KoalaError as exc:
+                rows[mode] = None
+                reasons[mode] = f"{reasons[mode]}; " if mode in reasons else ""
+                reasons[mode] += f"seed {seed}: run failed: {exc}"
+                continue
+            row = mode_row(report)
+            if mode in ("async", "sync"):
+                _catalog_fallback(row, report)
+            rows[mode] = row
+            log.info("seed %d %s: final %.3f", seed, mode, row.get("final_accuracy") or float("nan"))
+    return per_seed, reasons
 
 
 async def run_bench(scenario: Scenario, settings: BenchSettings, workdir: str | None = None) -> dict[str, Any]:
@@ -113,15 +128,20 @@ async def run_bench(scenario: Scenario, settings: BenchSettings, workdir: str | 
     work.mkdir(parents=True, exist_ok=True)
     if settings.quick:
         scenario = quick_scenario(scenario)
-    rows, mode_reasons = await run_modes(scenario, settings, work)
+    per_seed, mode_reasons = await run_modes(scenario, settings, work)
     target, source = settings.target, "given"
     if target is None and scenario.federation.target_accuracy is not None:
         target, source = scenario.federation.target_accuracy, "scenario"
     if target is None:
-        target, source = auto_target(rows), "auto"
-    for row in rows.values():
-        if row is not None:
-            apply_target(row, target)
+        target, source = auto_target({f"{m}/{s}": r for s, rows in per_seed.items() for m, r in rows.items()}), "auto"
+    for seed_rows in per_seed.values():
+        for row in seed_rows.values():
+            if row is not None:
+                apply_target(row, target)
+    rows: dict[str, dict[str, Any] | None] = {}
+    for mode in settings.modes:
+        ran = [(s, r[mode]) for s, r in per_seed.items() if r.get(mode) is not None]
+        rows[mode] = combine([r for _, r in ran], [s for s, _ in ran]) if ran else None  # type: ignore[misc]
     ingest: dict[str, Any] | None = None
     if settings.ingest is not None:
         try:
@@ -131,17 +151,46 @@ async def run_bench(scenario: Scenario, settings: BenchSettings, workdir: str | 
                       "raw_rate": None, "runtime_rate": None}
     scale = await scale_run(settings.scale, work / "scale") if settings.scale is not None else None
     summary, reasons = summarize(rows, mode_reasons, ingest, scale)
+    # Cross-mode figures: within each seed first, then the mean over seeds (its spread beside it).
+    pairs = paired(per_seed)
+    for key, figure in pairs.items():
+        summary[key] = figure["mean"]
+        if figure["mean"] is None:
+            reasons.setdefault(key, "no seed had both modes' figure")
+        else:
+            reasons.pop(key, None)
     for row in rows.values():
         if row is not None:
             row["server_ingest_rate"] = (ingest or {}).get("runtime_rate")
     return {
         "scenario": scenario.source, "quick": settings.quick, "modes": list(settings.modes),
-        "target_accuracy": target, "target_source": source,
+        "seeds": list(settings.seeds), "target_accuracy": target, "target_source": source,
+        "colocation": colocation(scenario),
         "per_mode": {m: rows[m] for m in settings.modes},
         "mode_reasons": mode_reasons, "ingest": ingest, "scale": scale,
-        "summary": summary, "summary_reasons": reasons,
-        "workdir": str(work), "wall_seconds": round(time.monotonic() - started, 2),
+        "summary": summary, "summary_spread": pairs, "summary_reasons": reasons,
+        "load_average": _load(), "workdir": str(work), "wall_seconds": round(time.monotonic() - started, 2),
     }
+
+
+def colocation(scenario: Scenario) -> str:
+    """How the bench keeps co-located nodes from stealing each other's compute (reported with it)."""
+    from koala_async.tools.processes import core_plan
+
+    plan = core_plan() if scenario.federation.pin_cores else None
+    pinned = ("no pinning" if plan is None else
+              f"server pinned to cores {sorted(plan[0])}, broker and clients to {sorted(plan[1])}")
+    return (f"{pinned} (os.sched_setaffinity); each client's training lasts its CPU time x its slowdown "
+            "(or its profile's FLOP time), so sharing a core does not change a device's speed")
+
+
+def _load() -> list[float] | None:
+    import os
+
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_outputs(result: dict[str, Any], report_path: str | None, plot_path: str | None) -> None:

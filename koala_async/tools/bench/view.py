@@ -10,8 +10,11 @@ from rich.table import Table
 
 # (label, row key, formatter) for the per-mode table.
 ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
-    ("time to target (s)", "time_to_target_seconds", lambda v: f"{v:.1f}"),
+    ("time to target from launch (s)", "time_to_target_seconds", lambda v: f"{v:.1f}"),
+    ("time to target from first report (s)", "time_to_target_from_up_seconds", lambda v: f"{v:.1f}"),
     ("final accuracy", "final_accuracy", lambda v: f"{v:.3f}"),
+    ("small models accuracy", "small_models_accuracy", lambda v: f"{v:.3f}"),
+    ("staleness when fused (mean)", "fused_staleness_mean", lambda v: f"{v:.2f}"),
     ("bytes up / client", "bytes_up_per_client", lambda v: f"{v / 1024:,.1f} KiB"),
     ("bytes down / client", "bytes_down_per_client", lambda v: f"{v / 1024:,.1f} KiB"),
     ("bytes / update", "bytes_per_update", lambda v: f"{v / 1024:,.2f} KiB"),
@@ -23,16 +26,24 @@ ROWS: tuple[tuple[str, str, Callable[[float], str]], ...] = (
     ("server ingest capacity (msg/s)", "server_ingest_rate", lambda v: f"{v:,.0f}"),
     ("wall (s)", "wall_seconds", lambda v: f"{v:.1f}"),
 )
+SPREAD = {"time_to_target_seconds", "time_to_target_from_up_seconds", "final_accuracy", "small_models_accuracy"}
 
 
-def _cell(value: Any, fmt: Callable[[float], str]) -> str:
-    return "[dim]n/a[/]" if value is None else fmt(value)
+def _cell(value: Any, fmt: Callable[[float], str], spread: dict[str, Any] | None = None) -> str:
+    if value is None:
+        return "[dim]n/a[/]"
+    if spread and spread.get("n", 0) > 1:
+        missing = f", {spread['missing']} n/a" if spread.get("missing") else ""
+        return f"{fmt(value)} [dim]({fmt(spread['min'])}-{fmt(spread['max'])}{missing})[/]"
+    return fmt(value)
 
 
 def modes_table(result: dict[str, Any]) -> Table:
     target = result.get("target_accuracy")
+    seeds = result.get("seeds") or []
     table = Table(title=f"koala bench: {result.get('scenario')} (target accuracy "
-                  f"{'n/a' if target is None else f'{target:.3f}'}, {result.get('target_source')})",
+                  f"{'n/a' if target is None else f'{target:.3f}'}, {result.get('target_source')}; "
+                  f"mean (min-max) over seeds {seeds}; load {result.get('load_average')})",
                   box=box.SIMPLE_HEAD)
     modes = result.get("modes", [])
     table.add_column("figure")
@@ -42,7 +53,8 @@ def modes_table(result: dict[str, Any]) -> Table:
         cells = []
         for mode in modes:
             row = result["per_mode"].get(mode)
-            cells.append("[dim]skipped[/]" if row is None else _cell(row.get(key), fmt))
+            spread = (row or {}).get("spread", {}).get(key) if key in SPREAD else None
+            cells.append("[dim]skipped[/]" if row is None else _cell(row.get(key), fmt, spread))
         table.add_row(label, *cells)
     return table
 
@@ -92,8 +104,12 @@ def summary_table(result: dict[str, Any]) -> Table:
     table.add_column("value", justify="right")
     table.add_column("why missing")
     reasons = result.get("summary_reasons", {})
+    spreads = result.get("summary_spread", {})
     for key, value in result.get("summary", {}).items():
         shown = "null" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        s = spreads.get(key)
+        if value is not None and s and s.get("n", 0) > 1:
+            shown += f" ({s['min']:.3g} to {s['max']:.3g}, {s['n']} seeds)"
         table.add_row(key, shown, reasons.get(key, ""))
     ingest = result.get("ingest") or {}
     sides = ("raw", "raw_drain", "runtime", "runtime_acks")
@@ -114,12 +130,17 @@ def plot_modes(result: dict[str, Any], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for mode, row in result.get("per_mode", {}).items():
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (mode, row) in enumerate(result.get("per_mode", {}).items()):
+        color = colors[i % len(colors)]
         if row is None:
-            ax.plot([], [], label=f"{mode} (skipped)", linestyle=":")
+            ax.plot([], [], label=f"{mode} (skipped)", linestyle=":", color=color)
             continue
-        points = [p for p in row.get("timeline", []) if isinstance(p[2], (int, float)) and p[2] == p[2]]
-        ax.step([p[0] for p in points], [p[2] for p in points], where="post", label=mode)
+        # the runner's fixed-cadence samples of every seed (what time to target is read from)
+        for j, grid in enumerate(row.get("grids") or [row.get("grid") or row.get("timeline", [])]):
+            points = [p for p in grid if isinstance(p[2], (int, float)) and p[2] == p[2]]
+            ax.step([p[0] for p in points], [p[2] for p in points], where="post", color=color, linewidth=1,
+                    alpha=0.8, label=mode if j == 0 else None)
     target = result.get("target_accuracy")
     if target is not None:
         ax.axhline(target, color="gray", linestyle="--", linewidth=1, label=f"target {target:.3f}")
