@@ -6,7 +6,7 @@ upload their weights with the version they built on. The pacing (``Continuous`` 
 weights of its base version, scaled by the staleness policy, and their mean moves the global model
 (:func:`~koala_async.core.fedbuff.apply_deltas`). The global weights of the last ``HISTORY`` versions
 are kept for that; an update built on an older one is refused as ``stale``. The new global model is
-evaluated on the held-out test split and published retained, as FedAvg's.
+evaluated on the validation and test splits and published retained, as FedAvg's.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,7 @@ from koala_async.core.admission import Decision
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Message, Weights
 from koala_async.core.fedbuff import admit_buffered, apply_deltas
+from koala_async.core.weights import conform
 from koala_async.learning.averaging_learner import AveragingLearner
 
 if TYPE_CHECKING:
@@ -45,7 +47,8 @@ class BufferedLearner(AveragingLearner):
         return admit_buffered(message, topic_sender, version, self.model_name, self.layout, seen,
                               self.history.keys(), self.config.staleness, now_ms)
 
-    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event) -> None:
+    def advance(self, batch: list[Arrival], version: int, steps: int, stop: threading.Event,
+                departed: Sequence[str] = ()) -> None:
         import torch
 
         policy = self.config.staleness
@@ -64,12 +67,12 @@ class BufferedLearner(AveragingLearner):
         current = self.history.get(version) or self._params()
         updated = apply_deltas(current, arrivals, self.config.global_lr)
         with self.lock:
-            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in updated.items()})
-            self.test_accuracy = self.evaluate()
+            self.model.load_state_dict({k: torch.from_numpy(v) for k, v in conform(updated, self.layout).items()})
+            self.scores.evaluate(self.model, version + 1)
 
     def _params(self) -> dict[str, np.ndarray]:
         with self.lock:
-            return {k: t.detach().numpy().astype(np.float32, copy=True) for k, t in self.model.state_dict().items()}
+            return {k: t.detach().cpu().numpy().astype(np.float32, copy=True) for k, t in self.model.state_dict().items()}
 
     def retained(self, version: int, full: bool) -> list[tuple[str, Message]]:
         published = super().retained(version, full)
