@@ -151,7 +151,7 @@ def client_attacks(t: Target, seq: int) -> list[Attack]:
     k, p = len(t.clients), t.topics
     forged = encode(Knowledge("server", seq, 10**6, t.proxy_id, t.num_classes, 3.0,
                               np.zeros((t.n_proxy, t.num_classes), np.float16)))
-    proxy = encode(ProxyManifest("server", seq, "forged-proxy", "<f4", (t.n_proxy, 64), t.num_classes, 1 << 22,
+    proxy = encode(ProxyManifest("server", seq, "f0" * 8, "<f4", (t.n_proxy, 64), t.num_classes, 1 << 22,
                                  (bytes(32),)))
     return [
         Attack("forged knowledge (unsigned)", "knowledge", "clients", {"unsigned": k},
