@@ -25,12 +25,27 @@ The library installs no signal handlers, configures no logging and keeps no glob
 
 from koala_async.core.fusion import FusionConfig
 from koala_async.core.staleness import StalenessPolicy
-from koala_async.errors import (BrokerUnavailable, ConfigError, DataError, KoalaError, MessageError,
-                                TransportError)
+from koala_async.errors import (
+                                BrokerUnavailable,
+                                ConfigError,
+                                DataError,
+                                KoalaError,
+                                MessageError,
+                                TransportError,
+)
 from koala_async.io.broker import EmbeddedBroker
 from koala_async.nodes.client import ClientConfig, ClientNode
-from koala_async.nodes.events import (Connected, ConnectionLost, Event, KnowledgeChanged, TierChanged, Trained,
-                                      UpdateAccepted, UpdatePublished, UpdateRejected)
+from koala_async.nodes.events import (
+                                Connected,
+                                ConnectionLost,
+                                Event,
+                                KnowledgeChanged,
+                                TierChanged,
+                                Trained,
+                                UpdateAccepted,
+                                UpdatePublished,
+                                UpdateRejected,
+)
 from koala_async.nodes.server import ServerConfig, ServerNode
 
 __all__ = [

@@ -69,7 +69,7 @@ def _convert(tp: Any, value: Any, key: str, source: str | None, text: str | None
         if value not in typing.get_args(tp):
             _fail(f"expected one of {list(typing.get_args(tp))}, got {value!r}", key, source, text)
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             _fail(f"expected a table, got {type(value).__name__}", key, source, text)
         return load_into(tp, value, source=source, text=text, prefix=key)

@@ -24,7 +24,9 @@ import numpy as np
 
 from koala_async.core import bounded, proxy_manifest
 from koala_async.core.arrays import ALLOWED_DTYPES, pack_array, unpack_array
-from koala_async.core.info import InfoLimits, check_info, fit_info
+from koala_async.core.info import check_info, fit_info
+from koala_async.core.limits import Limits
+from koala_async.core.modes import MODES
 from koala_async.core.proxy_manifest import KIND_CHUNK, KIND_MANIFEST, ProxyChunk, ProxyManifest
 from koala_async.core.proxy_schedule import unpack_ids
 from koala_async.core.splits import SplitSpec
@@ -45,35 +47,9 @@ KIND_ACK = "ack"
 # A proxy set travels as a manifest plus chunks (core/proxy_manifest.py); KIND_PROXY is the one-message form.
 KINDS = (KIND_UPDATE, KIND_KNOWLEDGE, KIND_PROXY, KIND_STATUS, KIND_WEIGHTS, KIND_ACK, KIND_MANIFEST, KIND_CHUNK)
 
-# Federation modes (docs/scenarios.md): KOALA without rounds, KOALA in synchronous rounds, FedAvg.
-MODES = ("async", "sync", "fedavg")
-
 _FLOAT16 = np.dtype(np.float16)
+DEFAULT_LIMITS = Limits()
 MAX_SUPERSEDED = 64  # sequence numbers one update may say it supersedes (core/delivery.MAX_CARRIED)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds applied to every incoming message before it is used."""
-
-    max_payload_bytes: int = 8 * 1024 * 1024
-    max_samples: int = 200_000
-    max_classes: int = 1_000
-    max_features: int = 1 << 20
-    max_sender_len: int = 128
-    max_seq: int = 2**53
-    max_version: int = 2**53
-    # Parameter tensors in one weights message: MobileNetV2 has 314 (BatchNorm statistics included),
-    # ResNet-50 320; FedAvg of either must pass. The payload size bounds the memory either way.
-    max_tensors: int = 1024
-    max_name_len: int = 128
-    max_proxy_bytes: int = 1 << 30  # a whole proxy set, as a manifest announces it
-    # Structure bounds, enforced while unpacking (core/bounded.py). The deepest message we send is a
-    # status: envelope > body > info > 3 more levels of info = 6; weights reach 5 (envelope > body >
-    # params > array > shape). The most objects: weights, about 12 per tensor, 1,024 tensors = 12,300.
-    max_depth: int = 8
-    max_objects: int = 16384
-    info: InfoLimits = field(default_factory=InfoLimits)  # Status.info (core/info.py)
 
 
 @dataclass(frozen=True)
@@ -270,7 +246,7 @@ def _int(value: Any, name: str, upper: int) -> int:
     return value
 
 
-def decode(payload: bytes, limits: Limits = Limits()) -> Message:
+def decode(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     """Parse and validate a payload; raise ``MessageError(reason)`` if anything is off.
 
     Nothing else escapes: the unpack is bounded in depth and object count (``too_deep``,

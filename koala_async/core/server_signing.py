@@ -30,6 +30,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -141,6 +142,13 @@ def write_keypair(path: str | Path, *, overwrite: bool = False) -> str:
     text = public_key_text(key)
     public_path.write_text(text + "\n")
     return text
+
+
+def server_signer(config: Any) -> ServerSigner | None:
+    """The signer of a server config's ``server_key_file`` for its federation, or None without one."""
+    if not config.server_key_file:
+        return None
+    return ServerSigner(load_private_key(config.server_key_file), config.federation)
 
 
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:

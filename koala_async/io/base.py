@@ -29,9 +29,9 @@ Contract (both honour it):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 
 class Incoming(NamedTuple):
@@ -79,7 +79,7 @@ class LinkOptions:
     client_id: str
     will: Will | None = None
     subscriptions: tuple[tuple[str, int], ...] = ()
-    on_connect: Callable[[Transport], Awaitable[None]] | None = None
+    on_connect: Callable[[Transport], Coroutine[Any, Any, None]] | None = None
     on_link: Callable[[bool, str], None] | None = None  # (True, address) / (False, error)
     handler: Callable[[Incoming], None] | None = None
     clean_session: bool = True
@@ -93,7 +93,7 @@ class Transport(Protocol):
     connected: asyncio.Event
     stats: TransportStats
 
-    async def __aenter__(self) -> Transport: ...
+    async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc: object) -> None: ...
 

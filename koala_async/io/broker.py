@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Any
+from typing import Any, Self
 
 from koala_async.errors import TransportError
 
@@ -37,7 +37,7 @@ class EmbeddedBroker:
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
-    async def __aenter__(self) -> EmbeddedBroker:
+    async def __aenter__(self) -> Self:
         from amqtt.broker import Broker  # imported late: only the broker role needs it
 
         config = {

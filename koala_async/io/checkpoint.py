@@ -107,7 +107,7 @@ def load_state(path: Path) -> dict[str, Any]:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         skeleton = json.loads(metadata[_META_KEY])
-    except Exception as exc:  # safetensors raises its own error types; all mean "not our checkpoint"
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types; all mean "not our checkpoint"
         raise ConfigError(f"not a readable checkpoint ({type(exc).__name__}: {exc})", source=str(path)) from None
     state = unflatten(skeleton, tensors)
     if not isinstance(state, dict) or state.get("format") != FORMAT:

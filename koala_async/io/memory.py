@@ -22,6 +22,7 @@ import asyncio
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import Self
 
 from koala_async.core.faults import FaultCounter
 from koala_async.errors import BrokerUnavailable, TransportError
@@ -138,7 +139,7 @@ class MemoryTransport:
         self._runner: asyncio.Task[None] | None = None
         self._closing = False
 
-    async def __aenter__(self) -> MemoryTransport:
+    async def __aenter__(self) -> Self:
         self._tasks = asyncio.TaskGroup()
         await self._tasks.__aenter__()
         self._runner = self._tasks.create_task(self._run(), name=f"memory-{self.options.client_id}")

@@ -20,24 +20,32 @@ import logging
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
-from typing import Any
+from typing import Any, Self, cast
 
 from koala_async.core.envelope import Ack, Limits
 from koala_async.core.faults import FaultCounter
 from koala_async.core.knowledge_gate import KnowledgeGate
 from koala_async.core.rejects import RejectCounter
-from koala_async.core.server_signing import parse_public_key
 from koala_async.core.retention import AddResult
+from koala_async.core.server_signing import parse_public_key
 from koala_async.core.topics import Topics
 from koala_async.io.base import Incoming, LinkOptions, Transport, TransportFactory, Will
 from koala_async.nodes.client_inputs import ClientInputs
 from koala_async.nodes.client_state import ClientState
-from koala_async.nodes.outbox import Outbox
-from koala_async.nodes.proxy_sync import FetchLink
 from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ClientConfig, TrainSettings
-from koala_async.nodes.events import EventHub, EventStream, KnowledgeChanged, TierChanged, Trained, link_listener
+from koala_async.nodes.events import (
+    EventHub,
+    EventStream,
+    KnowledgeChanged,
+    TierChanged,
+    Trained,
+    link_listener,
+)
+from koala_async.nodes.local_training import task_summary
 from koala_async.nodes.modes import client_task
+from koala_async.nodes.outbox import Outbox
+from koala_async.nodes.proxy_sync import FetchLink
 from koala_async.nodes.readiness import Readiness
 from koala_async.nodes.telemetry import client_telemetry
 from koala_async.nodes.workers import Workers
@@ -146,7 +154,7 @@ class ClientNode:
         self.readiness.probe()
         self._initial = self.inputs.load_initial()
 
-    async def __aenter__(self) -> ClientNode:
+    async def __aenter__(self) -> Self:
         try:
             await self._workers.run(self._prepare)
         except BaseException:
@@ -266,7 +274,7 @@ class ClientNode:
         self.readiness.trained_on = (version, seen)
         await self.readiness.pace(started, self.task.knowledge is not None, cpu)
         self.state = "publishing"
-        message = dataclasses.replace(message, seq=self._seq.next(), sent_at=time.time())
+        message = dataclasses.replace(cast(Any, message), seq=self._seq.next(), sent_at=time.time())
         await self.outbox.send(self.transport, message, self.task.tier or "")
         await self._publish_status()
 
@@ -275,20 +283,13 @@ class ClientNode:
     def snapshot(self) -> dict[str, Any]:
         from koala_async.io.resources import peak_rss_bytes
 
-        spec = self.task.trained_spec()
-        loss = self.task.last_loss
         return {
-            "mode": self.config.mode.value, "tier": self.task.tier, "tier_reason": self.task.tier_reason,
-            "model_params": spec.params if spec else None,
-            "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
+            "mode": self.config.mode.value, **task_summary(self.task),
             "rss_peak_bytes": peak_rss_bytes(), "resources": self.readiness.resources.summary(),
             "n_samples": len(self.samples), "samples_seen": self.samples.seen,
             **self.outbox.snapshot(), "events_dropped": self._events.dropped,
-            "knowledge_version": self.task.version or 0,
             "bytes_down": self.bytes_down + self.task.bytes_fetched, "rejected": dict(self.rejects.counts),
             "handler_errors": self.faults.total, "handler_errors_by_class": dict(self.faults.counts),
-            "last_loss": None if loss != loss else round(loss, 4),
-            "epochs_done": self.task.epochs_done, "holdout_accuracy": self.task.holdout_accuracy,
         }
 
     def _status(self, online: bool, state: str) -> bytes:

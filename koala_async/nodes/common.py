@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from koala_async.core.dedupe import next_seq
@@ -52,3 +54,10 @@ def node_transport(config: Any) -> TransportFactory:
                               ca_file=config.ca_file, cert_file=config.cert_file, key_file=config.key_file,
                               tls_insecure=config.tls_insecure)
     return mqtt_factory(addresses, mqtt_version=config.mqtt_version)
+
+
+async def every(seconds: float, action: Callable[[], Awaitable[None]]) -> None:
+    """Forever: wait ``seconds``, then await ``action()`` (a node's status heartbeat)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await action()

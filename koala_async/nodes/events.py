@@ -180,9 +180,10 @@ class EventHub:
         self._streams = weakref.WeakSet()
 
 
-def link_listener(hub: EventHub, broker: str) -> Callable[[bool, str], None]:
+def link_listener(hub: EventHub, broker: str | tuple[str, ...]) -> Callable[[bool, str], None]:
     """A ``Transport(on_link=...)`` callback that emits :class:`Connected` / :class:`ConnectionLost`."""
     connects = 0
+    broker = broker if isinstance(broker, str) else ",".join(broker)
 
     def on_link(up: bool, detail: str) -> None:
         nonlocal connects

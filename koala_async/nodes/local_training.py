@@ -18,6 +18,7 @@ in a worker thread and returns the message to send, with ``seq`` left for the no
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import threading
 import time
@@ -371,3 +372,13 @@ class AveragingTask:
 
 
 LocalTask = DistillTask | AveragingTask
+
+
+def task_summary(task: DistillTask | AveragingTask) -> dict[str, Any]:
+    """What a client's status says about its local training: the model it trains, its cost, progress."""
+    spec = task.trained_spec()
+    loss = task.last_loss
+    return {"tier": task.tier, "tier_reason": task.tier_reason, "model_params": spec.params if spec else None,
+            "train_flops_per_sample": spec.train_flops_per_sample if spec else None,
+            "knowledge_version": task.version or 0, "last_loss": None if math.isnan(loss) else round(loss, 4),
+            "epochs_done": task.epochs_done, "holdout_accuracy": task.holdout_accuracy}

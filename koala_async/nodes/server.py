@@ -22,11 +22,11 @@ import time
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self, cast
 
 from koala_async.core.envelope import Limits, Status, decode, encode
 from koala_async.core.rejects import RejectCounter
-from koala_async.core.server_signing import ServerSigner, load_private_key, next_epoch
+from koala_async.core.server_signing import ServerSigner, next_epoch, server_signer
 from koala_async.core.server_state import ServerMetrics, ServerState, Verdict
 from koala_async.core.signing import load_keys, unwrap, verify
 from koala_async.core.topics import Topics
@@ -35,10 +35,16 @@ from koala_async.io.base import Incoming, LinkOptions, Transport, TransportFacto
 from koala_async.io.checkpoint import ServerStore
 from koala_async.io.transport import stop_tasks
 from koala_async.nodes.acks import AckSender
-from koala_async.nodes.common import SeqCounter, limit_threads, node_transport, status_payload
+from koala_async.nodes.common import SeqCounter, every, limit_threads, node_transport, status_payload
 from koala_async.nodes.config import ServerConfig
-from koala_async.nodes.events import (EventHub, EventStream, KnowledgeChanged, UpdateAccepted, UpdateRejected,
-                                      link_listener)
+from koala_async.nodes.events import (
+    EventHub,
+    EventStream,
+    KnowledgeChanged,
+    UpdateAccepted,
+    UpdateRejected,
+    link_listener,
+)
 from koala_async.nodes.modes import server_parts
 from koala_async.nodes.pacing import Batch
 from koala_async.nodes.telemetry import server_telemetry
@@ -127,10 +133,8 @@ class ServerNode:
         """Load data, build the model, resume from the state directory (blocking; in a thread)."""
         limit_threads(self.config.threads)
         self.learner.prepare()
-        if self.config.keys_file:
-            self.keys = load_keys(self.config.keys_file)
-        if self.config.server_key_file:
-            self._signer = ServerSigner(load_private_key(self.config.server_key_file), self.config.federation)
+        self.keys = load_keys(self.config.keys_file) if self.config.keys_file else None
+        self._signer = server_signer(self.config)
         meta = self.store.resume(self.state, self.learner, self.limits) if self.store is not None else {}
         self._seq.value = max(self._seq.value, int(meta.get("seq", 0)))
         self.epoch = next_epoch(meta.get("epoch"), int(time.time() * 1000))
@@ -139,7 +143,7 @@ class ServerNode:
         self.pacing.resume(self.state)
         self._retain(self.state.version, full=True)
 
-    async def __aenter__(self) -> ServerNode:
+    async def __aenter__(self) -> Self:
         await asyncio.to_thread(self._prepare)
         if self.state.pending:
             self._arrived.set()
@@ -148,7 +152,7 @@ class ServerNode:
         await self._stack.enter_async_context(self.transport)
         tasks = await self._stack.enter_async_context(asyncio.TaskGroup())
         self._started = time.monotonic()
-        for coro, name in ((self._learn(), "learn"), (self._heartbeat(), "status"),
+        for coro, name in ((self._learn(), "learn"), (every(self.config.status_interval, self._publish_status), "status"),
                            (self.acks.run(self.transport), "acks")):
             self._tasks.append(tasks.create_task(coro, name=f"server-{name}"))
         return self
@@ -276,13 +280,11 @@ class ServerNode:
 
     def _retain(self, version: int, full: bool) -> list[tuple[str, bytes]]:
         """Encode the messages describing ``version`` and keep them for reconnects (blocking)."""
-        encoded = [(topic, self._seal(encode(replace(message, epoch=self.epoch))))
+        seal = self._signer.seal if self._signer is not None else (lambda envelope: envelope)
+        encoded = [(topic, seal(encode(replace(cast(Any, message), epoch=self.epoch))))
                    for topic, message in self.learner.retained(version, full)]
         self._payloads.update(encoded)
         return encoded
-
-    def _seal(self, envelope: bytes) -> bytes:
-        return self._signer.seal(envelope) if self._signer is not None else envelope
 
     async def _on_connect(self, transport: Transport) -> None:
         """(Re)publish retained state: a restarted broker may have lost it. The proxy set's chunks go
@@ -292,11 +294,6 @@ class ServerNode:
         for topic, payload in list(self._payloads.items()):
             await transport.publish(topic, payload, retain=True)
         await transport.publish(self.topics.server_status, self._status(True, "serving"), retain=True)
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.status_interval)
-            await self._publish_status()
 
     async def _publish_status(self) -> None:
         await self.transport.publish(self.topics.server_status, self._status(True, "serving"), retain=True)

@@ -49,7 +49,7 @@ def _on_signal() -> asyncio.Future[None]:
     loop = asyncio.get_running_loop()
     stop: asyncio.Future[None] = loop.create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
+        loop.add_signal_handler(sig, lambda: None if stop.done() else stop.set_result(None))
     return stop
 
 

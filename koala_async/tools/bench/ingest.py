@@ -151,8 +151,9 @@ async def _runtime_phase(processes: ProcessSet, workdir: Path, settings: IngestS
     config = ServerConfig(broker=url, federation=federation, ingest_only=True, status_interval=5.0, acks=acks)
     async with ServerNode(config) as server:
         await server.transport.wait_connected(30)
-        proxy = {"proxy_id": server.learner.proxy_id, "n_proxy": len(server.learner.proxy_x),
-                 "num_classes": server.learner.spec.num_classes}
+        learner: Any = server.learner  # a DistillLearner (ServerConfig's default mode)
+        proxy = {"proxy_id": learner.proxy_id, "n_proxy": len(learner.proxy_x),
+                 "num_classes": learner.spec.num_classes}
         phase = _Phase(processes, workdir, f"{side}-{round_no}", settings, url, federation, proxy)
         await phase.ready(60)
         phase.start()

@@ -80,7 +80,7 @@ def fused_targets(models: list[Any], shards: list[Dataset], proxy_x: np.ndarray,
     for k, (model, shard) in enumerate(zip(models, shards)):
         logits = predict_logits(model, proxy_x).astype(np.float16)
         counts = np.bincount(shard.y, minlength=classes).astype(np.uint32)
-        fusion.add(f"c{k}", "tier", 0, logits, None, fusion.arrival_weight(0, len(shard)), counts)
+        fusion.add(f"c{k}", "tier", 0, logits, None, n_samples=len(shard), label_counts=counts)
     targets, mask = fusion.targets(0)
     assert mask.all()
     return targets.astype(np.float32)
