@@ -11,8 +11,12 @@ broker dropped with ``a`` (queued for the server, or on their way) come back thr
 delivery (republished after ``ack_timeout``), so every update is accounted for at both ends.
 
 RabbitMQ keeps retained messages per node (measured: a message retained through ``a`` is not seen by a
-subscriber that connects to ``b`` later), so the clients start first and get the proxy set and the
-knowledge live, routed across the cluster, when the server publishes them.
+subscriber that connects to ``b`` later), so the clients start first and get the proxy manifest and the
+knowledge live, routed across the cluster, when the server publishes them. The proxy set's chunks are
+retained messages that a client's fetch link subscribes to after the manifest arrives, which on another
+node than the server's it would never see: the clients read the proxy set locally (``proxy_path``, the
+digits proxy split derived like the server's), verified against the manifest's proxy id, as a site
+whose broker keeps retained messages per node would configure them.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ async def test_the_federation_learns_on_after_the_servers_rabbitmq_node_dies(
         clients = [await stack.enter_async_context(ClientNode(ClientConfig(
             node_id=f"c{i}", federation=FED, broker=brokers(rabbitmq_cluster, home), shard=i, num_shards=4,
             tier="image-tiny", train=TrainSettings(epochs=2), interval=0.5, max_updates=0, ack_timeout=5.0,
-            keepalive=5, tier_policy=TierPolicy(high_load=1000.0, defer_load=1000.0))))
+            keepalive=5, tier_policy=TierPolicy(high_load=1000.0, defer_load=1000.0), proxy_path="digits")))
             for i, home in enumerate(homes)]
         server = await stack.enter_async_context(ServerNode(ServerConfig(
             federation=FED, broker=brokers(rabbitmq_cluster, 0), distill_steps=4, status_interval=1.0)))

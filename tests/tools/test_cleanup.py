@@ -73,7 +73,7 @@ def test_failed_assertion_leaves_no_process(tmp_path: Path) -> None:
                                             local_reference=False))
     assert code == 1
     assert report["assertions"][0]["passed"] is False
-    assert len(report["pids"]) == 4  # broker, server, two clients
+    assert len(report["pids"]) == 5  # broker, the fork server nodes start from, server, two clients
     assert not [pid for pid in report["pids"] if alive(pid)]
     assert processes_mentioning(str(workdir)) == []
 
@@ -92,9 +92,9 @@ def test_interrupted_run_leaves_no_process(tmp_path: Path) -> None:
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(processes_mentioning(str(workdir))) < 4:
+        while time.monotonic() < deadline and len(processes_mentioning(str(workdir))) < 5:
             time.sleep(0.2)
-        assert len(processes_mentioning(str(workdir))) == 4  # broker, server, two clients
+        assert len(processes_mentioning(str(workdir))) == 5  # broker, fork server, server, two clients
         runner.send_signal(signal.SIGINT)
         assert runner.wait(30) != 0
     finally:

@@ -38,7 +38,8 @@ def test_local_only_trains_as_many_epochs_as_the_client_reported_on_its_training
 
 
 def test_small_models_are_read_back_and_judged_on_the_test_split(tmp_path: Path) -> None:
-    test = datasets.federate("digits", 0, 8, 0.5).splits.test
+    # the server's split: test_fraction 0.2 holds validation (half of it, by default) and test
+    test = datasets.federate("digits", 0, 8, 0.5, 0.2, 0.25, 0.1).splits.test
     model = build_model("image-tiny", test.spec, seed=1)
     path = tmp_path / "client-3.small.safetensors"
     save_model(model, "image-tiny", path)

@@ -38,7 +38,8 @@ def federation_data(scenario: Scenario) -> FederatedData:
     from koala_async.learning.data import federate
 
     f = scenario.federation
-    return federate(f.dataset, f.seed, scenario.num_clients, f.alpha, f.test_fraction, f.proxy_fraction)
+    return federate(f.dataset, f.seed, scenario.num_clients, f.alpha, f.test_fraction, f.proxy_fraction,
+                    f.validation_fraction or 0.0)
 
 
 def holdout(data: Dataset, fraction: float, seed: int) -> tuple[Dataset, Dataset]:
