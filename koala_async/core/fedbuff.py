@@ -25,7 +25,7 @@ from koala_async.core.admission import Decision
 from koala_async.core.dedupe import SeqWindow
 from koala_async.core.envelope import Weights
 from koala_async.core.staleness import StalenessPolicy
-from koala_async.core.weights import Layout, check_weights
+from koala_async.core.weights import Layout, refuse_weights
 
 
 def admit_buffered(weights: Weights, topic_sender: str | None, version: int, model: str, layout: Layout,
@@ -35,18 +35,9 @@ def admit_buffered(weights: Weights, topic_sender: str | None, version: int, mod
     ``sender_mismatch``, ``duplicate`` / ``seq_out_of_range``, ``wrong_model``, ``no_samples``, the
     layout, ``future_version``, ``stale`` (past ``max_staleness``, or built on a version whose weights
     the server no longer keeps in ``kept``)."""
-    if topic_sender is not None and weights.sender != topic_sender:
-        return Decision(False, "sender_mismatch")
-    refused = seen.check(weights.sender, weights.seq, now_ms)
+    refused = refuse_weights(weights, topic_sender, model, layout, seen, now_ms)
     if refused is not None:
-        return Decision(False, refused)
-    if weights.model != model:
-        return Decision(False, "wrong_model")
-    if weights.n_samples < 1:
-        return Decision(False, "no_samples")
-    reason = check_weights(weights.params, layout)
-    if reason is not None:
-        return Decision(False, reason)
+        return refused
     staleness = version - weights.base_version
     if staleness < 0:
         return Decision(False, "future_version")

@@ -63,12 +63,10 @@ def weighted_average(models: Sequence[tuple[Mapping[str, np.ndarray], float]]) -
     return out
 
 
-def admit_weights(weights: Weights, topic_sender: str | None, version: int, model: str, layout: Layout,
-                  seen: SeqWindow, now_ms: int | None = None) -> Decision:
-    """Whether the FedAvg server takes a client's weights for round ``version``, checked in order:
-    ``sender_mismatch``, ``duplicate`` or ``seq_out_of_range`` (core/dedupe.py; ``now_ms`` is the
-    server's wall clock in ms, None skips the range check), ``wrong_model``, ``no_samples``, the
-    layout (see :func:`check_weights`), ``future_version``, ``stale`` (built on an older round)."""
+def refuse_weights(weights: Weights, topic_sender: str | None, model: str, layout: Layout, seen: SeqWindow,
+                   now_ms: int | None) -> Decision | None:
+    """The checks every weights upload passes whatever the mode, in order: ``sender_mismatch``,
+    ``duplicate`` or ``seq_out_of_range``, ``wrong_model``, ``no_samples``, the layout; None if it passes."""
     if topic_sender is not None and weights.sender != topic_sender:
         return Decision(False, "sender_mismatch")
     refused = seen.check(weights.sender, weights.seq, now_ms)
@@ -81,6 +79,18 @@ def admit_weights(weights: Weights, topic_sender: str | None, version: int, mode
     reason = check_weights(weights.params, layout)
     if reason is not None:
         return Decision(False, reason)
+    return None
+
+
+def admit_weights(weights: Weights, topic_sender: str | None, version: int, model: str, layout: Layout,
+                  seen: SeqWindow, now_ms: int | None = None) -> Decision:
+    """Whether the FedAvg server takes a client's weights for round ``version``, checked in order:
+    ``sender_mismatch``, ``duplicate`` or ``seq_out_of_range`` (core/dedupe.py; ``now_ms`` is the
+    server's wall clock in ms, None skips the range check), ``wrong_model``, ``no_samples``, the
+    layout (see :func:`check_weights`), ``future_version``, ``stale`` (built on an older round)."""
+    refused = refuse_weights(weights, topic_sender, model, layout, seen, now_ms)
+    if refused is not None:
+        return refused
     if weights.base_version > version:
         return Decision(False, "future_version")
     if weights.base_version < version:
