@@ -94,7 +94,7 @@ def server_attacks(t: Target, seq: int) -> list[Attack]:
     status = Status(sender=t.clients[0], seq=seq, role="client", online=True, state="idle")
     return [
         Attack("not msgpack", "update", "server", {"not_msgpack": 2},
-               [(up, b"\xc1\xc1 not msgpack", False), (up, os.urandom(64) + b"\xc1", False)]),
+               [(up, b"\xc1\xc1 not msgpack", False), (up, b"\xc1" + os.urandom(64), False)]),
         Attack("deep nesting", "update", "server", {"too_deep": 2},
                [(up, deep(), False), (up, envelope_with("update", ATTACKER, next(fresh), deep()), False)]),
         Attack("huge map", "update", "server", {"too_large": 1},
