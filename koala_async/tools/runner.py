@@ -121,6 +121,10 @@ class Run:
             # done: every update sent, and each judged by the server (none pending at the client)
             if not fresh or status.get("updates_sent", 0) < target or status.get("updates_pending", 0):
                 return False
+        # The server's counters must postdate every client's last word: a client reports "nothing
+        # pending" once it has its verdict, which a server status read before then does not count.
+        if obs.server_status_at < max((obs.client_status_at.get(cid, 0) for cid in expected), default=0):
+            return False
         settled = time.monotonic() - obs.last_version_change >= self.scenario.federation.settle
         return srv.get("pending", 1) == 0 and settled
 
