@@ -100,4 +100,8 @@ def test_interrupted_run_leaves_no_process(tmp_path: Path) -> None:
     finally:
         if runner.poll() is None:
             runner.kill()
-    assert processes_mentioning(str(workdir)) == []
+            runner.wait(10)
+        left = processes_mentioning(str(workdir))
+        for pid in left:  # a failed assertion above must not leave the run's nodes behind
+            os.kill(pid, signal.SIGKILL)
+    assert left == []
