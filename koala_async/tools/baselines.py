@@ -8,14 +8,20 @@ from pathlib import Path
 from typing import Any
 
 
-def _federated(cache: dict[tuple[Any, ...], Any], cfg: Any) -> Any:
+def _federated(cache: dict[tuple[Any, ...], Any], cfg: Any) -> tuple[Any, Any]:
+    """The federation's data for ``cfg`` and the scaling its nodes apply to inputs (vectors standardized
+    by the proxy set's statistics; none where clients exchange weights and never see the proxy set),
+    both derived once per split."""
     from koala_async.learning import data as datasets
+    from koala_async.learning.standardize import Standardizer
 
     key = (cfg.dataset, cfg.seed, cfg.num_shards, cfg.alpha, cfg.test_fraction, cfg.proxy_fraction,
            cfg.validation_fraction or 0.0)
     if key not in cache:
-        cache[key] = datasets.federate(*key)
-    return cache[key]
+        fed = datasets.federate(*key)
+        cache[key] = (fed, Standardizer.fit(fed.splits.proxy.x))
+    fed, scale = cache[key]
+    return fed, None if cfg.mode.exchanges_weights else scale
 
 
 def local_only(server_cfg: dict[str, Any], client_cfgs: list[dict[str, Any]],
@@ -34,7 +40,7 @@ def local_only(server_cfg: dict[str, Any], client_cfgs: list[dict[str, Any]],
     from koala_async.learning import data as datasets
     from koala_async.learning.distill import LocalTrainer, TrainConfig, accuracy
     from koala_async.learning.models import build_model, client_tiers
-    from koala_async.learning.standardize import Standardizer, model_inputs
+    from koala_async.learning.standardize import model_inputs
     from koala_async.nodes.client import ClientConfig
 
     torch.set_num_threads(1)
@@ -42,7 +48,7 @@ def local_only(server_cfg: dict[str, Any], client_cfgs: list[dict[str, Any]],
     cache: dict[tuple[Any, ...], Any] = {}
     for raw in client_cfgs:
         cfg = load_into(ClientConfig, raw)
-        fed = _federated(cache, cfg)
+        fed, scale = _federated(cache, cfg)  # as the federation's nodes see inputs
         shard = datasets.load_npz(cfg.data_path) if cfg.data_path else fed.client(cfg.shard)
         train, _ = holdout_split(len(shard.y), cfg.holdout, holdout_seed(cfg.seed, cfg.shard))
         tier = cfg.tier or client_tiers(shard.spec.kind)[1]
@@ -53,8 +59,6 @@ def local_only(server_cfg: dict[str, Any], client_cfgs: list[dict[str, Any]],
         trainer = LocalTrainer(build_model(tier, shard.spec, seed=cfg.seed + cfg.shard),
                                TrainConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr),
                                seed=cfg.seed + cfg.shard)
-        # as the federation's nodes see inputs: vectors standardized by the proxy set's statistics
-        scale = None if cfg.mode.exchanges_weights else Standardizer.fit(fed.splits.proxy.x)
         trainer.train(model_inputs(shard.x[train], scale), shard.y[train], epochs=total)
         test = fed.splits.test
         results[cfg.node_id] = accuracy(trainer.model, model_inputs(test.x, scale), test.y)
@@ -69,7 +73,7 @@ def small_models(client_cfgs: list[dict[str, Any]]) -> dict[str, float]:
     from koala_async.config import load_into
     from koala_async.learning.distill import accuracy
     from koala_async.learning.model_file import load_model
-    from koala_async.learning.standardize import Standardizer, model_inputs
+    from koala_async.learning.standardize import model_inputs
     from koala_async.nodes.client import ClientConfig
 
     torch.set_num_threads(1)
@@ -79,9 +83,8 @@ def small_models(client_cfgs: list[dict[str, Any]]) -> dict[str, float]:
         cfg = load_into(ClientConfig, raw)
         if not cfg.model_out or not Path(cfg.model_out).exists():
             continue
-        fed = _federated(cache, cfg)
+        fed, scale = _federated(cache, cfg)
         test = fed.splits.test
         model, _ = load_model(cfg.model_out, test.spec, allow_imports=True)  # our own run's file
-        scale = None if cfg.mode.exchanges_weights else Standardizer.fit(fed.splits.proxy.x)
         results[cfg.node_id] = accuracy(model, model_inputs(test.x, scale), test.y)
     return results
