@@ -143,11 +143,16 @@ def main(argv: list[str] | None = None) -> int:
     lrs = [float(v) for v in args.lrs.split(",") if v] or [server_config(scenario).lr]
     result = run(scenario, pretrained=not args.scratch, lrs=lrs, tune_steps=args.tune_steps, steps=args.steps,
                  validation=args.validation, eval_every=args.eval_every, seed=args.seed)
-    print(json.dumps({k: v for k, v in result.items() if k != "curve"}))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    report(result, args.json, omit=("curve",))
     return 0
+
+
+def report(result: dict[str, Any], path: str | None, omit: tuple[str, ...] = ()) -> None:
+    """Print ``result`` as one JSON line (less the ``omit`` keys) and write all of it to ``path``."""
+    print(json.dumps({k: v for k, v in result.items() if k not in omit}))
+    if path:
+        with open(path, "w") as fh:
+            json.dump(result, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from koala_async.tools.bench.centralized import federation_data, holdout, server_config
+from koala_async.tools.bench.centralized import federation_data, holdout, report, server_config
 
 if TYPE_CHECKING:
     from koala_async.learning.data import Dataset
@@ -208,10 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     result = tune(load_scenario(args.scenario, sets=args.set), _floats(args.client_lrs), _floats(args.server_lrs),
                   args.server_steps, _floats(args.fedavg_lrs), args.fedavg_rounds, args.validation,
                   set(filter(None, args.skip.split(","))))
-    print(json.dumps(result))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    report(result, args.json)
     return 0
 
 
