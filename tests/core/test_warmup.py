@@ -25,7 +25,15 @@ def test_share_zero_publishes_on_the_first_arrival() -> None:
     assert Warmup(timeout=4.0).remaining(1.5) == 2.5 and Warmup(timeout=4.0).remaining(9.0) == 0.0
 
 
-@pytest.mark.parametrize("kwargs", [{"share": 1.5}, {"share": -0.1}, {"timeout": -1.0}])
+def test_min_clients_waits_for_clients_not_online_yet() -> None:
+    rule = Warmup(share=0.75, timeout=10.0, min_clients=3)
+    assert not rule.ready(1, 1, 0.0)  # the only client online so far: the share alone would publish
+    assert not rule.ready(2, 2, 9.9)
+    assert rule.ready(3, 3, 0.0) and rule.ready(1, 1, 10.0)  # three delivered, or the timeout
+    assert not rule.ready(3, 8, 0.0)  # the share still counts once more are online
+
+
+@pytest.mark.parametrize("kwargs", [{"share": 1.5}, {"share": -0.1}, {"timeout": -1.0}, {"min_clients": 0}])
 def test_nonsense_is_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         Warmup(**kwargs)
