@@ -96,8 +96,8 @@ def test_interrupted_run_leaves_no_process(tmp_path: Path) -> None:
     argv = ["run", str(path), "--quiet", "--no-reference", "--workdir", str(workdir)]
     start = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
              f"sys.argv = ['koala', *{argv!r}]; runpy.run_module('koala_async', run_name='__main__')")
-    runner = subprocess.Popen([sys.executable, "-c", start],
-                              stdout=subprocess.DEVNULL, stderr=(tmp_path / "runner.err").open("wb"))
+    with (tmp_path / "runner.err").open("wb") as err:  # the child holds its own copy of the fd
+        runner = subprocess.Popen([sys.executable, "-c", start], stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(processes_mentioning(str(workdir))) < 5:
