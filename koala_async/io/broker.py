@@ -24,6 +24,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+class SnapshotSubscriptions(dict[str, list[Any]]):
+    """amqtt's table of subscriptions (topic filter -> [(session, qos)]), iterated over a snapshot.
+
+    amqtt 0.12.1 walks ``Broker._subscriptions`` with an ``await`` inside the loop, when a client
+    connects (re-sending retained messages) and for every broadcast, while other sessions subscribe
+    and unsubscribe. A new filter in between raised "dictionary changed size during iteration" in
+    the connecting client's session task: the broker never answered that client's SUBSCRIBE, and the
+    client waited out its 10 s acknowledgement timeout before it reconnected (seen at start-up in 1-2
+    of 8 clients of the bench and the quickstart). Iterating over a copy makes those loops see the
+    table as it was when they started, which is all they need.
+    """
+
+    def __iter__(self):  # type: ignore[override]
+        return iter(list(super().keys()))
+
+    def items(self):  # type: ignore[override]
+        return [(topic, list(subscribers)) for topic, subscribers in super().items()]
+
+
 class EmbeddedBroker:
     """``async with EmbeddedBroker() as broker: broker.url``."""
 
@@ -46,6 +65,7 @@ class EmbeddedBroker:
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         self._broker = Broker(config)
+        self._broker._subscriptions = SnapshotSubscriptions()  # amqtt's iteration race (see the class)
         try:
             await self._broker.start()
         except Exception as exc:

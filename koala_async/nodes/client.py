@@ -272,6 +272,9 @@ class ClientNode:
                                                      self._workers.stop)
         self._events.emit(Trained(self.config.node_id, self.task.tier or "", time.perf_counter() - started))
         self.readiness.trained_on = (version, seen)
+        log.info("%s trained on version %s: %.2f s wall, %.3f s CPU, %.2f s on the device", self.config.node_id,
+                 version, time.perf_counter() - started, cpu,
+                 self.readiness.device_seconds(self.task.knowledge is not None, cpu))
         await self.readiness.pace(started, self.task.knowledge is not None, cpu)
         self.state = "publishing"
         message = dataclasses.replace(cast(Any, message), seq=self._seq.next(), sent_at=time.time())
