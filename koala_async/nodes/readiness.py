@@ -55,9 +55,12 @@ class Readiness:
         return samples_per_epoch(len(self.samples), self.config.train.batch_size, kd)
 
     async def next_turn(self, report: Report) -> None:
-        """Rounds: until a version this client has not trained on. Otherwise its own jittered interval."""
+        """Rounds: until a version this client has not trained on. Otherwise its own jittered interval
+        between trainings; the first training starts at once (the interval paces a client that has
+        contributed; waiting it out before the first update only delayed the first version by 0.5-1.5 s)."""
         if not self.task.in_rounds:
-            await asyncio.sleep(self.config.interval * (0.5 + self._rng.random()))
+            if self.trained_on is not None:
+                await asyncio.sleep(self.config.interval * (0.5 + self._rng.random()))
             return
         trained = self.trained_on[0] if self.trained_on is not None else None
         if self.trained_on is not None and self.task.version == trained:
