@@ -134,3 +134,9 @@ def close_socket(client: aiomqtt.Client) -> None:
     paho 2.x) closes the socket and has aiomqtt unregister the reader and cancel that task.
     """
     client._client._sock_close()
+    # aiomqtt 2.5 stores an unexpected disconnection in ``_disconnected`` and ``__aexit__`` returns
+    # early without reading it when it is already set, so asyncio later logged "Future exception was
+    # never retrieved" (an ERROR in the node's log) for a link that had already been handled.
+    disconnected = client._disconnected
+    if disconnected.done() and not disconnected.cancelled():
+        disconnected.exception()
