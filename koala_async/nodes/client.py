@@ -235,8 +235,11 @@ class ClientNode:
         cfg = self.config
         await self._report(self.task.waiting)
         await self.task.ready.wait()
-        await self.outbox.resume(self.transport, self.limits, self.task.still_valid,
-                                 lambda: self.task.version is not None, self.task.tier or "")
+        # A pending update published on restart is this client's contribution: the next training
+        # waits its interval, as after any other (readiness.next_turn).
+        self.readiness.contributed = await self.outbox.resume(self.transport, self.limits, self.task.still_valid,
+                                                              lambda: self.task.version is not None,
+                                                              self.task.tier or "")
         while cfg.max_updates == 0 or self.outbox.sent < cfg.max_updates:
             self.state = "idle"
             await self.readiness.next_turn(self._report)
@@ -272,9 +275,6 @@ class ClientNode:
                                                      self._workers.stop)
         self._events.emit(Trained(self.config.node_id, self.task.tier or "", time.perf_counter() - started))
         self.readiness.trained_on = (version, seen)
-        log.info("%s trained on version %s: %.2f s wall, %.3f s CPU, %.2f s on the device", self.config.node_id,
-                 version, time.perf_counter() - started, cpu,
-                 self.readiness.device_seconds(self.task.knowledge is not None, cpu))
         await self.readiness.pace(started, self.task.knowledge is not None, cpu)
         self.state = "publishing"
         message = dataclasses.replace(cast(Any, message), seq=self._seq.next(), sent_at=time.time())

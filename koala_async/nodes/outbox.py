@@ -127,11 +127,12 @@ class Outbox:
             self.bytes_up += len(overdue.payload)
 
     async def resume(self, transport: Transport, limits: Limits, still_valid: Callable[[Message], str],
-                     knowledge_known: Callable[[], bool], tier: str) -> None:
-        """Publish an update a crash left without its verdict, unless it has gone stale meanwhile."""
+                     knowledge_known: Callable[[], bool], tier: str) -> bool:
+        """Publish an update a crash left without its verdict, unless it has gone stale meanwhile;
+        True when one was published."""
         payload = self.store.pending() if self.store is not None else None
         if payload is None or self.store is None:
-            return
+            return False
         if not knowledge_known():  # retained knowledge normally arrives with the proxy set
             await asyncio.sleep(1.0)
         try:
@@ -142,9 +143,10 @@ class Outbox:
         if reason:
             log.warning("%s: discarding the pending update left by a crash: %s", self.node_id, reason)
             self.store.clear_pending()
-            return
+            return False
         log.info("%s: publishing the pending update left by a crash", self.node_id)
         await self.send(transport, message, tier, payload)
+        return True
 
     async def settled(self, timeout: float) -> bool:
         """Wait until the pending update (if any) has its verdict, for at most ``timeout`` seconds

@@ -38,6 +38,7 @@ class Readiness:
         self.profile = get_profile(config.profile) if config.profile else None
         self.resources = ResourceSnapshot()
         self.trained_on: tuple[int | None, int] | None = None  # (knowledge version, samples seen)
+        self.contributed = False  # published an update this run without training it (a pending one)
         self._rng = random.Random(f"{config.seed}-{config.node_id}")
 
     def probe(self) -> ResourceSnapshot:
@@ -56,10 +57,11 @@ class Readiness:
 
     async def next_turn(self, report: Report) -> None:
         """Rounds: until a version this client has not trained on. Otherwise its own jittered interval
-        between trainings; the first training starts at once (the interval paces a client that has
-        contributed; waiting it out before the first update only delayed the first version by 0.5-1.5 s)."""
+        between trainings; the first training starts at once unless a pending update was just
+        published (the interval paces a client that has contributed; waiting it out before the first
+        update only delayed the first version by 0.5-1.5 s)."""
         if not self.task.in_rounds:
-            if self.trained_on is not None:
+            if self.trained_on is not None or self.contributed:
                 await asyncio.sleep(self.config.interval * (0.5 + self._rng.random()))
             return
         trained = self.trained_on[0] if self.trained_on is not None else None
@@ -122,4 +124,6 @@ class Readiness:
         were gated by the server's distillation instead (measured: an 11 s wait for the slow
         clients, then 17 s of distillation, per round)."""
         target = self.device_seconds(distilling, cpu_seconds)
+        log.info("%s trained on version %s: %.2f s wall, %.3f s CPU, %.2f s on the device", self.config.node_id,
+                 self.trained_on[0] if self.trained_on else None, time.perf_counter() - started, cpu_seconds, target)
         await asyncio.sleep(max(0.0, target - (time.perf_counter() - started)))

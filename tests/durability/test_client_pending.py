@@ -77,5 +77,6 @@ async def test_pending_update_is_published_after_restart(mosquitto_broker, tmp_p
 
 async def test_stale_pending_update_is_discarded(mosquitto_broker, tmp_path, caplog) -> None:
     received = await _run_client_with_pending(mosquitto_broker, tmp_path, knowledge_version=30)
-    assert received == []
+    # The client then trains at once (it has contributed nothing current): only the stale one is absent.
+    assert all(decode(payload).seq != 123 for payload in received)
     assert "discarding the pending update" in caplog.text and "stale" in caplog.text
