@@ -31,8 +31,8 @@ class SnapshotSubscriptions(dict[str, list[Any]]):
     connects (re-sending retained messages) and for every broadcast, while other sessions subscribe
     and unsubscribe. A new filter in between raised "dictionary changed size during iteration" in
     the connecting client's session task: the broker never answered that client's SUBSCRIBE, and the
-    client waited out its 10 s acknowledgement timeout before it reconnected (seen at start-up in 1-2
-    of 8 clients of the bench and the quickstart). Iterating over a copy makes those loops see the
+    client waited out its 10 s acknowledgement timeout before it reconnected (seen at start-up in 1
+    and 2 of the 8 clients of two bench runs). Iterating over a copy makes those loops see the
     table as it was when they started, which is all they need.
     """
 
